@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv and install the project first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.medtransfer-installed
+BUNDLE := bundles/busi_classification/configs
+RUN ?= demo-$(shell date +%Y%m%d-%H%M%S)
+# Extra bundle overrides, e.g. make demo ARGS="--dataset_dir ../shared/data/busi"
+ARGS ?=
+
+.PHONY: install demo test lint clean-runs
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m monai.bundle run --config_file $(BUNDLE)/train.json --run_name $(RUN) $(ARGS)
+	$(PY) -m monai.bundle run --config_file "['$(BUNDLE)/train.json','$(BUNDLE)/evaluate.json']" --run_name $(RUN) $(ARGS)
+	@echo "results: runs/busi_classification/$(RUN) (model.pt, history.png, test_metrics.json, test_confusion_matrix.png)"
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check medtransfer tests benchmarks
+	$(VENV)/bin/ruff format --check medtransfer tests benchmarks
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,17 @@
+"""Error types whose messages name the offending file and say how to fix it."""
+
+
+class MedTransferError(Exception):
+    """Base class: every error medtransfer raises on bad input."""
+
+
+class DatasetError(MedTransferError, ValueError):
+    """A dataset on disk is missing, empty, unreadable or inconsistent (the message names the file)."""
+
+
+class CheckpointError(MedTransferError, ValueError):
+    """A checkpoint cannot be loaded into the model (missing file, wrong keys or shapes)."""
+
+
+class RunDirectoryError(MedTransferError, FileExistsError):
+    """A run directory already holds a previous run; nothing is overwritten silently."""
