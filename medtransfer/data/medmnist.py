@@ -1,0 +1,78 @@
+"""Read MedMNIST ``.npz`` files (official train/val/test splits) with checks that name the file."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtransfer.errors import DatasetError
+
+MEDMNIST_SPLITS = ("train", "val", "test")
+
+
+def read_medmnist(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Load all three splits as ``{split: (images uint8 (N,H,W[,3]), labels int64 (N,))}``.
+
+    Arrays are read eagerly (MedMNIST files are small) so the npz handle is closed before returning.
+    Only single-label files are accepted: multi-label sets such as ChestMNIST need a different head.
+    """
+    file = Path(path)
+    if not file.is_file():
+        what = "is a folder" if file.is_dir() else "not found"
+        raise DatasetError(f"MedMNIST file {file} {what}; pass the path of a .npz such as medmnist/breastmnist.npz")
+    try:
+        npz = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"cannot open {file} as a MedMNIST .npz: {exc}; download the .npz again") from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DatasetError(f"{file} is a single .npy array, not a MedMNIST .npz archive; download the .npz again")
+
+    with npz:
+        expected = [f"{split}_{kind}" for split in MEDMNIST_SPLITS for kind in ("images", "labels")]
+        missing = [name for name in expected if name not in npz.files]
+        if missing:
+            raise DatasetError(
+                f"{file} lacks arrays {missing} (has {sorted(npz.files)}); "
+                "a MedMNIST .npz needs train/val/test _images and _labels"
+            )
+        try:
+            arrays = {name: npz[name] for name in expected}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DatasetError(f"cannot read arrays from {file}: {exc}; download the .npz again") from exc
+
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in MEDMNIST_SPLITS:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
+            raise DatasetError(
+                f"{file}: {split}_images has shape {images.shape}; expected (N,H,W) grey or (N,H,W,3) RGB (2D MedMNIST)"
+            )
+        if images.dtype != np.uint8:
+            raise DatasetError(f"{file}: {split}_images is {images.dtype}, expected uint8; re-export as uint8 0-255")
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        elif labels.ndim != 1:
+            raise DatasetError(
+                f"{file}: {split}_labels has shape {labels.shape}; expected (N,1) or (N,) single-label classes "
+                "(multi-label MedMNIST sets are not supported)"
+            )
+        if len(labels) != len(images):
+            raise DatasetError(
+                f"{file}: {split} has {len(images)} images but {len(labels)} labels; the file is inconsistent"
+            )
+        if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0):
+            raise DatasetError(f"{file}: {split}_labels must be non-negative integers, got {labels.dtype}")
+        out[split] = (images, labels.astype(np.int64))
+    return out
+
+
+def medmnist_records(path: str | os.PathLike[str], split: str) -> list[dict[str, Any]]:
+    """Return one ``{"image": HxW[x3] uint8 array, "label": int, "id": "split-i"}`` record per sample."""
+    if split not in MEDMNIST_SPLITS:
+        raise DatasetError(f"unknown MedMNIST split {split!r} for {path}; use one of {MEDMNIST_SPLITS}")
+    images, labels = read_medmnist(path)[split]
+    return [{"image": images[i], "label": int(labels[i]), "id": f"{split}-{i}"} for i in range(len(images))]
