@@ -1,0 +1,325 @@
+"""MONAI/Ignite glue: small handlers, one concern each, with the ``attach(engine)`` contract MONAI workflows use.
+
+Bundles list these in their ``train#handlers`` / ``validate#handlers``; every file a handler writes lands in the run
+directory and is written atomically, so an interrupted run never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+from monai.data.utils import set_rnd
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.utils import set_determinism
+
+from medtransfer.metrics import classification_report
+from medtransfer.report import plot_confusion_matrix, plot_history, save_json
+from medtransfer.runs import latest_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def _as_rows(output) -> list[Mapping]:
+    """Engine output or batch as a list of per-sample dicts (MONAI decollates them by default)."""
+    return list(output) if isinstance(output, (list, tuple)) else [output]
+
+
+def _label_index(label) -> int:
+    """A class index from an int, a 0-d tensor or a one-hot vector."""
+    t = torch.as_tensor(label)
+    return int(t.argmax()) if t.numel() > 1 else int(t.reshape(()))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class ClassificationMetric(Metric):
+    """An Ignite metric over softmax outputs computed by `medtransfer.metrics` (one definition of AUC everywhere).
+
+    Use as a MONAI ``key_val_metric`` with ``output_transform=monai.handlers.from_engine(['pred', 'label'])``.
+    """
+
+    NAMES = ("auc", "accuracy", "macro_f1")
+
+    def __init__(self, metric: str = "auc", output_transform: Callable = lambda x: x, device="cpu") -> None:
+        if metric not in self.NAMES:
+            raise ValueError(f"metric must be one of {self.NAMES}, got {metric!r}")
+        self.metric = metric
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._probs: list[np.ndarray] = []
+        self._labels: list[int] = []
+
+    def update(self, output) -> None:
+        preds, labels = output
+        for p, y in zip(preds, labels, strict=True):
+            self._probs.append(torch.as_tensor(p).detach().float().cpu().reshape(-1).numpy())
+            self._labels.append(_label_index(y))
+
+    def compute(self) -> float:
+        if not self._labels:
+            raise RuntimeError("ClassificationMetric has no samples; is the validation set empty?")
+        probs = np.stack(self._probs)
+        names = [str(i) for i in range(probs.shape[1])]
+        return float(classification_report(probs, np.asarray(self._labels), names)[self.metric])
+
+
+def val_metrics(names: Sequence[str], exclude: str | None = None) -> dict[str, ClassificationMetric]:
+    """``{"val_<name>": metric}`` for a SupervisedEvaluator's key/additional metrics (config keys cannot be computed)."""
+    from monai.handlers import from_engine
+
+    return {
+        f"val_{n}": ClassificationMetric(n, output_transform=from_engine(["pred", "label"])) for n in names if n != exclude
+    }
+
+
+class ClassificationReport:
+    """Collects per-sample class probabilities from an evaluator and writes the report when it completes.
+
+    Writes ``{prefix}_predictions.csv`` (source file, one probability column per class, prediction, label if known);
+    when labels are present also ``{prefix}_metrics.json`` (accuracy, AUC, macro-F1, per-class precision/recall,
+    confusion matrix, plus `extra` such as the seed) and ``{prefix}_confusion_matrix.png``. Used by evaluation (with
+    labels) and by inference (without).
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        class_names: Sequence[str],
+        prefix: str = "test",
+        image_key: str = "image",
+        extra: dict | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.prefix = prefix
+        self.image_key = image_key
+        self.extra = dict(extra or {})
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.probs: list[np.ndarray] = []
+        self.labels: list[int | None] = []
+        self.sources: list[str] = []
+
+    def _collect(self, engine: Engine) -> None:
+        outputs, batch = _as_rows(engine.state.output), _as_rows(engine.state.batch)
+        for out, item in zip(outputs, batch, strict=True):
+            self.probs.append(torch.as_tensor(out["pred"]).detach().float().cpu().reshape(-1).numpy())
+            label = out.get("label", item.get("label"))
+            self.labels.append(None if label is None else _label_index(label))
+            self.sources.append(str(item.get(f"{self.image_key}_path", item.get("id", len(self.sources)))))
+
+    def _write(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        probs = np.stack(self.probs)
+        if probs.shape[1] != len(self.class_names):
+            raise ValueError(f"the network gives {probs.shape[1]} outputs but there are {len(self.class_names)} classes")
+        has_labels = all(label is not None for label in self.labels)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["source", *[f"p_{c}" for c in self.class_names], "predicted", *(["label"] if has_labels else [])])
+        for src, p, y in zip(self.sources, probs, self.labels, strict=True):
+            row = [src, *[f"{v:.6f}" for v in p], self.class_names[int(p.argmax())]]
+            writer.writerow(row + ([self.class_names[y]] if has_labels else []))
+        _write_text_atomic(self.output_dir / f"{self.prefix}_predictions.csv", buf.getvalue())
+        if not has_labels:
+            logger.info(f"wrote {len(self.sources)} predictions to {self.output_dir / f'{self.prefix}_predictions.csv'}")
+            return
+        report = classification_report(probs, np.asarray(self.labels), self.class_names)
+        report.update(self.extra)
+        save_json(report, self.output_dir / f"{self.prefix}_metrics.json")
+        plot_confusion_matrix(
+            np.asarray(report["confusion_matrix"]),
+            self.class_names,
+            self.output_dir / f"{self.prefix}_confusion_matrix.png",
+            title=f"{self.prefix}: accuracy {report['accuracy']:.3f}, AUC {report['auc']:.3f} (n={report['n']})",
+        )
+        self.report = report
+        logger.info(
+            f"{self.prefix}: n={report['n']} accuracy={report['accuracy']:.4f} auc={report['auc']:.4f} "
+            f"macro_f1={report['macro_f1']:.4f} -> {self.output_dir}"
+        )
+
+
+class TrainingHistory:
+    """Per-epoch training loss and validation metrics as ``history.json``/``.csv``/``.png`` in the run directory.
+
+    Attach it after the ValidationHandler so it sees this epoch's validation metrics. On resume it keeps the rows of
+    the epochs already trained and drops any written after the checkpoint it resumed from.
+    """
+
+    def __init__(self, output_dir: str, evaluator: Engine | None = None, key_metric: str | None = None) -> None:
+        self.output_dir = Path(output_dir)
+        self.evaluator = evaluator
+        self.key_metric = key_metric
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._restore)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_loss)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._end_epoch)
+
+    def _restore(self, engine: Engine) -> None:
+        import json
+
+        path = self.output_dir / "history.json"
+        if engine.state.epoch > 0 and path.is_file():
+            self.rows = [r for r in json.loads(path.read_text())["epochs"] if r["epoch"] <= engine.state.epoch]
+
+    def _start_epoch(self, engine: Engine) -> None:
+        self._losses: list[float] = []
+
+    def _add_loss(self, engine: Engine) -> None:
+        out = _as_rows(engine.state.output)[0]
+        if "loss" in out:
+            self._losses.append(float(torch.as_tensor(out["loss"]).detach()))
+
+    def _end_epoch(self, engine: Engine) -> None:
+        row: dict = {"epoch": engine.state.epoch, "train_loss": float(np.mean(self._losses)) if self._losses else None}
+        row["lr"] = [g["lr"] for g in engine.optimizer.param_groups] if hasattr(engine, "optimizer") else None
+        if self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch:
+            row.update({f"val_{k}": float(v) for k, v in self.evaluator.state.metrics.items() if _is_number(v)})
+        self.rows.append(row)
+        self.save()
+
+    def best(self) -> dict | None:
+        """The row with the best key validation metric (first one on ties), as checkpoint selection sees it."""
+        key = f"val_{self.key_metric}" if self.key_metric else None
+        rows = [r for r in self.rows if key and r.get(key) is not None and not math.isnan(r[key])]
+        return max(rows, key=lambda r: r[key]) if rows else None
+
+    def save(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_json({"epochs": self.rows, "best": self.best(), "key_metric": self.key_metric}, self.output_dir / "history.json")
+        keys = list(dict.fromkeys(k for r in self.rows for k in r if k != "lr"))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        _write_text_atomic(self.output_dir / "history.csv", buf.getvalue())
+        plot_history([{k: v for k, v in r.items() if k != "lr"} for r in self.rows], self.output_dir / "history.png")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+
+
+class EpochSeed:
+    """Re-seeds every RNG (torch, numpy, random, MONAI transforms) from (seed, epoch) when an epoch starts.
+
+    Why: shuffling and augmentation then depend only on the seed and the epoch number, so a run resumed from an
+    epoch checkpoint continues exactly as the uninterrupted run would have.
+    """
+
+    def __init__(self, seed: int, dataset=None) -> None:
+        self.seed = int(seed)
+        self.dataset = dataset
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        seed = self.seed * 100_003 + engine.state.epoch
+        set_determinism(seed=seed)
+        if self.dataset is not None:
+            set_rnd(self.dataset, seed)
+
+
+class StopOnNonFiniteLoss:
+    """Stops training with a clear error when the loss becomes NaN or infinite, naming the last good checkpoint."""
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        self.output_dir = output_dir
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        loss = float(torch.as_tensor(_as_rows(engine.state.output)[0]["loss"]).detach())
+        if not math.isfinite(loss):
+            last = latest_checkpoint(self.output_dir) if self.output_dir else None
+            raise FloatingPointError(
+                f"training loss became {loss} at epoch {engine.state.epoch}, iteration {engine.state.iteration}. "
+                "Lower the learning rate (--lr), check the inputs for NaN/inf values, or disable AMP; "
+                + (f"the last good checkpoint is {last} (continue from it with --resume true)." if last else "no checkpoint was written yet.")
+            )
+
+
+class EpochCheckpoint:
+    """Saves `save_dict` plus the trainer's own state (epoch, iteration) as ``checkpoint_epoch=N.pt`` every epoch.
+
+    The trainer joins at attach time, so configs need not reference the trainer from its own handler list (a circular
+    reference). ignite's DiskSaver writes to a temporary file and renames it: a crash never leaves a torn checkpoint.
+    """
+
+    def __init__(self, output_dir: str, save_dict: dict, n_saved: int = 1, interval: int = 1) -> None:
+        self.output_dir, self.save_dict, self.n_saved, self.interval = output_dir, save_dict, n_saved, interval
+
+    def attach(self, engine: Engine) -> None:
+        from ignite.handlers import Checkpoint, DiskSaver
+
+        checkpoint = Checkpoint(
+            {**self.save_dict, "trainer": engine},
+            DiskSaver(self.output_dir, require_empty=False, atomic=True),
+            filename_pattern="checkpoint_epoch={global_step}.{ext}",
+            n_saved=self.n_saved,
+            global_step_transform=lambda e, _: e.state.epoch,
+        )
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), checkpoint)
+
+
+class ResumeFromRun:
+    """Restores model, optimizer, trainer and best-model tracking from the newest epoch checkpoint of a run.
+
+    Attach it first in the trainer's handlers (the trainer itself is added to `load_dict` at attach time). A disabled
+    instance does nothing, so bundles can always list it and switch it with ``--resume true``.
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        load_dict: dict,
+        enabled: bool = False,
+        best_saver: CheckpointSaver | None = None,
+        best_file: str = "model.pt",
+    ) -> None:
+        self.run_dir, self.load_dict, self.enabled = run_dir, load_dict, enabled
+        self.best_saver, self.best_file = best_saver, best_file
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            raise FileNotFoundError(f"--resume true but {self.run_dir} holds no checkpoint_epoch=N.pt to resume from")
+        logger.info(f"resuming from {path}")
+        CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu").attach(engine)
+        history = Path(self.run_dir) / "history.json"
+        if self.best_saver is not None and history.is_file():
+            import json
+
+            recorded = json.loads(history.read_text())
+            best, key = recorded.get("best"), recorded.get("key_metric")
+            if best and key and self.best_saver._key_metric_checkpoint is not None:
+                # the best model on disk keeps its place: a worse epoch after resuming must not replace it
+                self.best_saver.load_state_dict({"_saved": [(best[f"val_{key}"], self.best_file)]})

@@ -1,0 +1,153 @@
+"""Network factory and checkpoint loading.
+
+Pre-trained weights always come from a local file (no downloads at run time). Loading is strict about everything but
+the head: the head is the last layer group (``medtransfer.layers``), which fine-tuning replaces when the number of
+classes differs, so head tensors of another shape are dropped and keep their fresh initialisation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from medtransfer.errors import CheckpointError
+from medtransfer.layers import layer_groups
+
+logger = logging.getLogger(__name__)
+
+CLASSIFIERS = ("resnet18", "resnet34", "resnet50", "densenet121", "vit_b_16", "vit_s_16")
+
+# Containers that checkpoints from torchvision, MONAI bundles, Lightning and SSL code wrap their state dict in.
+_STATE_DICT_KEYS = ("state_dict", "model", "network", "model_state_dict", "net", "backbone")
+# Prefixes that wrappers (DataParallel, Lightning modules, SSL encoders) put in front of parameter names.
+_KEY_PREFIXES = ("", "module.", "model.", "backbone.", "encoder.", "encoder_q.", "net.")
+# Buffers that carry no learned state; a checkpoint may omit them.
+_OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+
+
+@dataclass
+class LoadReport:
+    """What `load_pretrained` did, so a user can see that the weights they meant to load were loaded."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    replaced_head: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    prefix: str = ""
+
+    def summary(self) -> str:
+        return (
+            f"{self.path}: loaded {len(self.loaded)} tensors (prefix {self.prefix!r} stripped), "
+            f"re-initialised head {self.replaced_head or 'none'}, ignored {len(self.ignored)} unused keys"
+        )
+
+
+def build_classifier(
+    arch: str = "resnet18",
+    num_classes: int = 2,
+    pretrained_ckpt: str | Path | None = None,
+) -> nn.Module:
+    """A torchvision classifier with a `num_classes` head, optionally initialised from a local checkpoint.
+
+    Why a factory: bundles name the architecture as a string override (``--arch resnet50``) and the head is sized from
+    the dataset's classes, so the same config works for 2-class BreastMNIST and 3-class BUSI.
+    """
+    if arch == "vit_s_16":  # ViT-S/16 (DeiT-S shape); torchvision has no builder for it
+        model: nn.Module = torchvision.models.VisionTransformer(
+            image_size=224, patch_size=16, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536,
+            num_classes=num_classes,
+        )  # fmt: skip
+    elif arch in CLASSIFIERS:
+        model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    else:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(CLASSIFIERS)}")
+    if pretrained_ckpt:
+        report = load_pretrained(model, pretrained_ckpt)
+        logger.info(report.summary())
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file safely (``weights_only=True``) and unwrap the usual containers to a flat state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a local .pt/.pth file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, truncated files, non-tensor objects
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {err}. It must be a torch.save()d state dict of tensors "
+            "(weights_only=True loading); re-save it with torch.save(model.state_dict(), path)"
+        ) from err
+    for _ in range(3):  # nested containers, e.g. {"state_dict": {"model": ...}}
+        if isinstance(obj, Mapping) and not _is_state_dict(obj):
+            inner = next((obj[k] for k in _STATE_DICT_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not (isinstance(obj, Mapping) and _is_state_dict(obj)):
+        raise CheckpointError(
+            f"checkpoint {path} holds no state dict of tensors (top-level keys: {list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__}); "
+            f"expected tensors directly or under one of {_STATE_DICT_KEYS}"
+        )
+    return dict(obj)
+
+
+def _is_state_dict(obj: Mapping) -> bool:
+    return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Load a local checkpoint into `model`, replacing the head when its shape differs.
+
+    The wrapper prefix (``module.``, ``backbone.``, ...) that matches most model keys is stripped. Keys the model does
+    not have are ignored and reported (e.g. an SSL projection head). With `strict`, every non-head tensor of the model
+    must be present with the same shape; otherwise a CheckpointError names the file, the key and both shapes.
+    """
+    source = read_state_dict(path)
+    target = model.state_dict()
+    prefix = max(_KEY_PREFIXES, key=lambda p: sum(k[len(p) :] in target for k in source if k.startswith(p)))
+    state = {k[len(prefix) :]: v for k, v in source.items() if k.startswith(prefix)}
+    head = _head_keys(model)
+    report = LoadReport(path=str(path), prefix=prefix, ignored=[k for k in source if not k.startswith(prefix)])
+    to_load: dict[str, torch.Tensor] = {}
+    mismatched: list[str] = []
+    for key, value in state.items():
+        if key not in target:
+            report.ignored.append(prefix + key)
+        elif value.shape != target[key].shape:
+            if key in head:
+                report.replaced_head.append(key)
+            else:
+                mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target[key].shape)}")
+        else:
+            to_load[key] = value
+    missing = [k for k in target if k not in state and k not in head and not k.endswith(_OPTIONAL_SUFFIXES)]
+    if mismatched:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model: {len(mismatched)} tensors have other shapes, e.g. "
+            f"{'; '.join(mismatched[:3])}. Check --arch matches the architecture the checkpoint was trained with"
+        )
+    if strict and missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks {len(missing)} of the model's tensors, e.g. {missing[:3]} "
+            f"(after stripping prefix {prefix!r}). Check --arch, or that this is a full backbone checkpoint"
+        )
+    if not to_load:
+        raise CheckpointError(f"checkpoint {path} shares no tensor names with the model; check --arch")
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    return report
+
+
+def _head_keys(model: nn.Module) -> set[str]:
+    """State-dict keys (parameters and buffers) of the model's last layer group, its head."""
+    head = layer_groups(model)[-1]
+    prefixes = {name.rsplit(".", 1)[0] for name in head.param_names}
+    return {k for k in model.state_dict() if k in head.param_names or k.rsplit(".", 1)[0] in prefixes}

@@ -1,0 +1,139 @@
+"""Run directories: one folder per training run, never overwritten silently.
+
+A run directory holds everything a run produced (checkpoints, metrics, plots, TensorBoard events, `run_info.json`
+with the command line, seed and versions), so results can be traced back to the exact command that made them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from medtransfer.errors import RunDirectoryError
+
+CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+def timestamp() -> str:
+    """A sortable, filesystem-safe run name for runs that were not given one."""
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def create_run_dir(path: str | Path, resume: bool = False) -> str:
+    """Create `path` for a new run, or check it holds a run to resume.
+
+    A new run refuses a non-empty folder, so a second run with the same name cannot destroy the first one's results.
+    """
+    path = Path(path)
+    if resume:
+        if latest_checkpoint(path) is None:
+            raise RunDirectoryError(
+                f"cannot resume: {path} holds no checkpoint_epoch=N.pt; check --run_name, or drop --resume to start afresh"
+            )
+        return str(path)
+    if path.exists() and any(path.iterdir()):
+        contents = ", ".join(sorted(p.name for p in path.iterdir())[:5])
+        raise RunDirectoryError(
+            f"run directory {path} already exists and holds a previous run ({contents}). Choose another "
+            f"--run_name, pass --resume true to continue it, or delete the folder yourself"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def require_run_dir(path: str | Path, needs: str = "model.pt") -> str:
+    """Check that `path` is a finished run holding `needs` (used by evaluate and inference configs)."""
+    path = Path(path)
+    if not (path / needs).is_file():
+        raise RunDirectoryError(
+            f"{path / needs} not found: evaluate/inference need a finished training run; pass --run_name of one "
+            f"(folders under {path.parent}: {', '.join(sorted(p.name for p in path.parent.glob('*')))[:200] or 'none'})"
+        )
+    return str(path)
+
+
+def latest_run(runs_dir: str | Path, needs: str = "model.pt") -> str:
+    """Name of the newest finished run under `runs_dir`, so evaluate/inference work without --run_name."""
+    runs = sorted((p for p in Path(runs_dir).glob("*") if (p / needs).is_file()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise RunDirectoryError(f"no finished run (with {needs}) under {runs_dir}; train first, or pass --run_name")
+    return runs[-1].name
+
+
+def check_same_data(run_dir: str | Path, **settings) -> None:
+    """Refuse to evaluate a run on a split that could overlap its training images.
+
+    The test split of a folder dataset is drawn with `split_seed`; evaluating the same folder with another seed would
+    score the model on images it trained on.
+    """
+    path = Path(run_dir) / "run_info.json"
+    if not path.is_file():
+        return
+    trained = json.loads(path.read_text()).get("settings", {})
+    same_data = str(trained.get("dataset_dir")) == str(settings.get("dataset_dir"))
+    if same_data and "split_seed" in trained and trained["split_seed"] != settings.get("split_seed"):
+        raise RunDirectoryError(
+            f"{run_dir} was trained with --split_seed {trained['split_seed']}; evaluating {settings.get('dataset_dir')} "
+            f"with --split_seed {settings.get('split_seed')} would test on training images. Pass --split_seed {trained['split_seed']}"
+        )
+    if not same_data:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            f"{run_dir} was trained on {trained.get('dataset_dir')} but is evaluated on {settings.get('dataset_dir')}"
+        )
+
+
+def latest_checkpoint(run_dir: str | Path) -> str | None:
+    """The newest epoch checkpoint in a run directory, or None."""
+    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))]
+    return str(max(found)[1]) if found else None
+
+
+def write_run_info(run_dir: str | Path, settings: dict | None = None) -> dict:
+    """Record how this run was made: command line, settings, seed, library versions and git commit."""
+    import monai
+    import torch
+
+    info = {
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        "argv": sys.argv,
+        "settings": {k: _jsonable(v) for k, v in (settings or {}).items()},
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "git_commit": _git_commit(),
+        "hostname": platform.node(),
+    }
+    path = Path(run_dir) / "run_info.json"
+    if path.exists():  # a resumed run keeps the history of how it was started
+        previous = json.loads(path.read_text())
+        info["previous"] = previous.get("previous", []) + [{k: v for k, v in previous.items() if k != "previous"}]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, path)
+    return info
+
+
+def _jsonable(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

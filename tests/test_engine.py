@@ -1,0 +1,109 @@
+"""Handlers: metrics match the pure functions, reports are written from what the evaluator saw, NaN stops loudly."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from medtransfer.engine import ClassificationMetric, ClassificationReport, EpochSeed, StopOnNonFiniteLoss
+from medtransfer.metrics import classification_report
+
+
+def _rows(probs, labels, paths=None):
+    """Decollated evaluator output: one dict per sample, as MONAI hands it to handlers."""
+    return [
+        {"pred": torch.tensor(p), "label": torch.tensor(y), **({"image_path": paths[i]} if paths else {})}
+        for i, (p, y) in enumerate(zip(probs, labels))
+    ]
+
+
+def _evaluator(batches):
+    def step(engine, batch):
+        engine.state.batch = batch
+        return batch
+
+    return Engine(step), batches
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=20).astype(np.float32)
+    labels = rng.integers(0, 3, size=20)
+    return probs, labels
+
+
+@pytest.mark.parametrize("name", ClassificationMetric.NAMES)
+def test_metric_equals_report(data, name):
+    probs, labels = data
+    metric = ClassificationMetric(name)
+    metric.reset()
+    rows = _rows(probs, labels)
+    for chunk in (rows[:7], rows[7:]):  # two batches
+        metric.update(([r["pred"] for r in chunk], [r["label"] for r in chunk]))
+    expected = classification_report(probs, labels, ["0", "1", "2"])[name]
+    assert metric.compute() == pytest.approx(expected)
+
+
+def test_metric_accepts_one_hot_labels(data):
+    probs, labels = data
+    metric = ClassificationMetric("accuracy")
+    metric.reset()
+    metric.update(([torch.tensor(p) for p in probs], [torch.nn.functional.one_hot(torch.tensor(y), 3) for y in labels]))
+    assert metric.compute() == pytest.approx(float((probs.argmax(1) == labels).mean()))
+
+
+def test_report_writes_csv_json_png(tmp_path, data):
+    probs, labels = data
+    paths = [f"img_{i}.png" for i in range(20)]
+    rows = _rows(probs, labels, paths)
+    engine, batches = _evaluator([rows[:8], rows[8:]])
+    handler = ClassificationReport(str(tmp_path), ["benign", "malignant", "normal"], prefix="test", extra={"seed": 3})
+    handler.attach(engine)
+    engine.run(batches, max_epochs=1)
+    report = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert report["n"] == 20 and report["seed"] == 3
+    assert report["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
+    assert np.asarray(report["confusion_matrix"]).sum() == 20
+    with open(tmp_path / "test_predictions.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["source"] for r in table] == paths
+    assert float(table[4]["p_malignant"]) == pytest.approx(float(probs[4, 1]), abs=1e-6)
+    assert table[4]["label"] == ["benign", "malignant", "normal"][labels[4]]
+    assert (tmp_path / "test_confusion_matrix.png").stat().st_size > 1000
+
+
+def test_report_without_labels_writes_only_predictions(tmp_path, data):
+    probs, _ = data
+    rows = [{"pred": torch.tensor(p), "image_path": f"x{i}.png"} for i, p in enumerate(probs)]
+    engine, batches = _evaluator([rows])
+    ClassificationReport(str(tmp_path), ["a", "b", "c"], prefix="inference").attach(engine)
+    engine.run(batches, max_epochs=1)
+    header = (tmp_path / "inference_predictions.csv").read_text().splitlines()[0]
+    assert header == "source,p_a,p_b,p_c,predicted"
+    assert not (tmp_path / "inference_metrics.json").exists()
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+    losses = iter([0.5, float("nan")])
+    engine = Engine(lambda e, b: [{"loss": torch.tensor(next(losses))}])
+    StopOnNonFiniteLoss(str(tmp_path)).attach(engine)
+    with pytest.raises(FloatingPointError, match=r"nan at epoch 1, iteration 2.*--lr"):
+        engine.run([0, 1, 2], max_epochs=1)
+
+
+def test_epoch_seed_makes_each_epoch_reproducible():
+    def run() -> dict[int, list[float]]:
+        draws: dict[int, list[float]] = {}
+        engine = Engine(lambda e, b: draws.setdefault(e.state.epoch, []).append(torch.rand(1).item()))
+        EpochSeed(seed=7).attach(engine)
+        torch.rand(3)  # move the global RNG: each epoch must still start from (seed, epoch) alone
+        engine.run([0, 1], max_epochs=3)
+        return draws
+
+    first, second = run(), run()
+    assert first == second
+    assert first[1] != first[2]

@@ -1,0 +1,99 @@
+"""Checkpoint loading: heads are replaced, everything else must fit exactly, bad files are named."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from medtransfer.errors import CheckpointError
+from medtransfer.models import build_classifier, load_pretrained, read_state_dict
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory) -> Path:
+    """A torchvision-style ResNet-18 checkpoint with a 1000-class head (random weights: nothing is downloaded)."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("ckpt") / "resnet18_imagenet_like.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def test_pretrained_backbone_loaded_and_head_replaced(imagenet_like):
+    source = torch.load(imagenet_like, weights_only=True)
+    model = build_classifier("resnet18", num_classes=3, pretrained_ckpt=imagenet_like)
+    state = model.state_dict()
+    for key in ("conv1.weight", "layer3.1.bn2.running_var", "layer4.1.conv2.weight"):
+        assert torch.equal(state[key], source[key]), key
+    assert state["fc.weight"].shape == (3, 512)
+    report = load_pretrained(build_classifier("resnet18", num_classes=3), imagenet_like)
+    assert sorted(report.replaced_head) == ["fc.bias", "fc.weight"]
+    assert "conv1.weight" in report.loaded and not report.ignored
+
+
+def test_wrapped_and_prefixed_checkpoints_load(imagenet_like, tmp_path):
+    source = torch.load(imagenet_like, weights_only=True)
+    wrapped = tmp_path / "lightning_style.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.items()}, "epoch": 3}, wrapped)
+    model = build_classifier("resnet18", num_classes=1000)
+    report = load_pretrained(model, wrapped)
+    assert report.prefix == "module."
+    assert torch.equal(model.state_dict()["layer2.0.downsample.0.weight"], source["layer2.0.downsample.0.weight"])
+    assert torch.equal(model.state_dict()["fc.weight"], source["fc.weight"])  # same head size: kept, not replaced
+
+
+def test_ssl_checkpoint_with_projection_head_reports_ignored_keys(imagenet_like, tmp_path):
+    source = torch.load(imagenet_like, weights_only=True)
+    ssl = {f"backbone.{k}": v for k, v in source.items() if not k.startswith("fc.")}
+    ssl["projector.0.weight"] = torch.zeros(128, 512)
+    path = tmp_path / "ssl.pt"
+    torch.save(ssl, path)
+    report = load_pretrained(build_classifier("resnet18", num_classes=2), path)
+    assert report.prefix == "backbone."
+    assert report.ignored == ["projector.0.weight"]
+
+
+def test_wrong_architecture_names_file_key_and_shapes(tmp_path):
+    path = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        build_classifier("resnet18", num_classes=2, pretrained_ckpt=path)
+    message = str(err.value)
+    assert "resnet50.pth" in message and "layer1.0." in message and "(64, 64, 1, 1)" in message
+    assert "--arch" in message
+
+
+def test_incomplete_checkpoint_is_refused(imagenet_like, tmp_path):
+    source = torch.load(imagenet_like, weights_only=True)
+    path = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in source.items() if not k.startswith("layer4")}, path)
+    with pytest.raises(CheckpointError, match=r"partial\.pt lacks"):
+        load_pretrained(build_classifier("resnet18", num_classes=2), path)
+    report = load_pretrained(build_classifier("resnet18", num_classes=2), path, strict=False)
+    assert not any(k.startswith("layer4") for k in report.loaded)
+
+
+class _NotAStateDict:
+    pass
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_state_dict(tmp_path / "nope.pt")
+    pickled = tmp_path / "object.pt"
+    torch.save(_NotAStateDict(), pickled)  # weights_only loading must refuse arbitrary pickles
+    with pytest.raises(CheckpointError, match=r"object\.pt"):
+        read_state_dict(pickled)
+    garbage = tmp_path / "truncated.pt"
+    garbage.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match=r"truncated\.pt"):
+        read_state_dict(garbage)
+    empty = tmp_path / "metrics_only.pt"
+    torch.save({"epoch": 3, "best": 0.5}, empty)
+    with pytest.raises(CheckpointError, match="no state dict"):
+        read_state_dict(empty)
+
+
+def test_unknown_arch():
+    with pytest.raises(ValueError, match="resnet18"):
+        build_classifier("alexnet9000")
