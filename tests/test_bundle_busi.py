@@ -1,0 +1,131 @@
+"""The BUSI bundle end to end through `python -m monai.bundle run`, as a user runs it (in a subprocess)."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medtransfer.data import make_synthetic_busi
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "busi_classification" / "configs"
+TRAIN, EVALUATE, INFERENCE = (str(CONFIGS / f"{n}.json") for n in ("train", "evaluate", "inference"))
+FAST = ["--epochs", "1", "--image_size", "32", "--batch_size", "8"]
+
+pytestmark = pytest.mark.slow
+
+
+def run_bundle(configs: list[str], *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    config = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    return make_synthetic_busi(tmp_path_factory.mktemp("data") / "synthetic_busi_demo", n_per_class=10, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_dir) -> Path:
+    """One epoch of training on the synthetic demo set, then evaluation and inference on it."""
+    runs = tmp_path_factory.mktemp("runs")
+    common = ["--runs_dir", str(runs), "--run_name", "one_epoch", "--dataset_dir", str(demo_dir), *FAST]
+    run_bundle([TRAIN], *common)
+    run_bundle([TRAIN, EVALUATE], *common)
+    run_bundle([TRAIN, INFERENCE], *common, "--input_dir", str(demo_dir / "benign"))
+    return runs / "one_epoch"
+
+
+def test_training_leaves_best_checkpoint_history_and_run_info(trained):
+    state = torch.load(trained / "model.pt", weights_only=True)
+    assert state["fc.weight"].shape == (3, 512)  # a plain state dict; 3 BUSI classes
+    assert (trained / "checkpoint_epoch=1.pt").is_file()
+    history = json.loads((trained / "history.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [1]
+    assert 0.0 <= history["epochs"][0]["val_auc"] <= 1.0 and history["epochs"][0]["train_loss"] > 0
+    assert (trained / "history.png").stat().st_size > 1000
+    info = json.loads((trained / "run_info.json").read_text())
+    assert info["settings"]["seed"] == 0 and info["settings"]["classes"] == ["benign", "malignant", "normal"]
+    assert list((trained / "tensorboard").glob("events.*"))
+
+
+def test_evaluation_reports_on_the_held_out_test_split(trained, demo_dir):
+    from medtransfer.data.classification import classification_datalist
+
+    report = json.loads((trained / "test_metrics.json").read_text())
+    test_ids = {r["image"] for r in classification_datalist(demo_dir, "busi", "test")}
+    train_ids = {r["image"] for r in classification_datalist(demo_dir, "busi", "train")}
+    assert report["n"] == len(test_ids) and not test_ids & train_ids
+    with open(trained / "test_predictions.csv") as f:
+        sources = {row["source"] for row in csv.DictReader(f)}
+    assert sources == test_ids
+    assert sum(map(sum, report["confusion_matrix"])) == report["n"]
+    assert set(report["per_class"]) == {"benign", "malignant", "normal"}
+    assert (trained / "test_confusion_matrix.png").is_file()
+
+
+def test_inference_writes_probabilities_for_every_image(trained, demo_dir):
+    with open(trained / "inference_predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len([p for p in (demo_dir / "benign").glob("*.png") if "_mask" not in p.name])
+    for row in rows:
+        assert sum(float(row[f"p_{c}"]) for c in ("benign", "malignant", "normal")) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_existing_run_directory_is_not_overwritten(trained, demo_dir):
+    before = (trained / "model.pt").read_bytes()
+    proc = run_bundle(
+        [TRAIN], "--runs_dir", str(trained.parent), "--run_name", trained.name, "--dataset_dir", str(demo_dir), *FAST,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "already exists" in proc.stdout + proc.stderr
+    assert (trained / "model.pt").read_bytes() == before
+
+
+def test_bundle_properties(trained, demo_dir, tmp_path):
+    """MONAI's own check that the bundle exposes the standard train/infer properties under their standard ids."""
+    from monai.bundle import ConfigWorkflow
+
+    overrides = {"dataset_dir": str(demo_dir), "image_size": 32}
+    train = ConfigWorkflow(config_file=TRAIN, workflow_type="train", runs_dir=str(tmp_path), **overrides)
+    train.initialize()
+    assert train.check_properties() == []
+    infer = ConfigWorkflow(
+        config_file=[TRAIN, EVALUATE], workflow_type="infer", runs_dir=str(trained.parent), run_name=trained.name,
+        **overrides,
+    )  # fmt: skip
+    infer.initialize()
+    assert infer.check_properties() == []
+
+
+@pytest.mark.realdata
+def test_real_busi_trains_and_evaluates(need, tmp_path):
+    busi = need("busi")
+    common = ["--runs_dir", str(tmp_path), "--run_name", "busi", "--dataset_dir", str(busi), *FAST]
+    run_bundle([TRAIN], *common)
+    run_bundle([TRAIN, EVALUATE], *common)
+    from medtransfer.data.classification import classification_datalist
+
+    report = json.loads((tmp_path / "busi" / "test_metrics.json").read_text())
+    test = classification_datalist(busi, "busi", "test")
+    assert report["n"] == len(test) and {r["label"] for r in test} == {0, 1, 2}
+    assert report["dataset_dir"] == str(busi)
+
+
+@pytest.mark.realdata
+def test_real_breastmnist_uses_the_official_test_split(need, tmp_path):
+    npz = need("medmnist/breastmnist.npz")
+    common = ["--runs_dir", str(tmp_path), "--run_name", "bm", "--dataset_format", "medmnist", "--dataset_dir", str(npz)]
+    run_bundle([TRAIN], *common, *FAST)
+    run_bundle([TRAIN, EVALUATE], *common, *FAST)
+    report = json.loads((tmp_path / "bm" / "test_metrics.json").read_text())
+    assert report["n"] == 156 and report["class_names"] == ["malignant", "normal_benign"]
