@@ -23,6 +23,7 @@ demo: install
 	@echo "results: runs/busi_classification/$(RUN) (model.pt, history.png, test_metrics.json, test_confusion_matrix.png)"
 
 test: install
+	$(VENV)/bin/ruff check medtransfer tests benchmarks
 	$(PY) -m pytest
 
 lint: install

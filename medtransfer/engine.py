@@ -83,7 +83,9 @@ def val_metrics(names: Sequence[str], exclude: str | None = None) -> dict[str, C
     from monai.handlers import from_engine
 
     return {
-        f"val_{n}": ClassificationMetric(n, output_transform=from_engine(["pred", "label"])) for n in names if n != exclude
+        f"val_{n}": ClassificationMetric(n, output_transform=from_engine(["pred", "label"]))
+        for n in names
+        if n != exclude
     }
 
 
@@ -132,17 +134,23 @@ class ClassificationReport:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         probs = np.stack(self.probs)
         if probs.shape[1] != len(self.class_names):
-            raise ValueError(f"the network gives {probs.shape[1]} outputs but there are {len(self.class_names)} classes")
+            raise ValueError(
+                f"the network gives {probs.shape[1]} outputs but there are {len(self.class_names)} classes"
+            )
         has_labels = all(label is not None for label in self.labels)
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["source", *[f"p_{c}" for c in self.class_names], "predicted", *(["label"] if has_labels else [])])
+        writer.writerow(
+            ["source", *[f"p_{c}" for c in self.class_names], "predicted", *(["label"] if has_labels else [])]
+        )
         for src, p, y in zip(self.sources, probs, self.labels, strict=True):
             row = [src, *[f"{v:.6f}" for v in p], self.class_names[int(p.argmax())]]
             writer.writerow(row + ([self.class_names[y]] if has_labels else []))
         _write_text_atomic(self.output_dir / f"{self.prefix}_predictions.csv", buf.getvalue())
         if not has_labels:
-            logger.info(f"wrote {len(self.sources)} predictions to {self.output_dir / f'{self.prefix}_predictions.csv'}")
+            logger.info(
+                f"wrote {len(self.sources)} predictions to {self.output_dir / f'{self.prefix}_predictions.csv'}"
+            )
             return
         report = classification_report(probs, np.asarray(self.labels), self.class_names)
         report.update(self.extra)
@@ -188,6 +196,8 @@ class TrainingHistory:
 
     def _start_epoch(self, engine: Engine) -> None:
         self._losses: list[float] = []
+        # the learning rates this epoch trains with (schedulers step at epoch end, before this handler sees it)
+        self._lrs = [g["lr"] for g in engine.optimizer.param_groups] if hasattr(engine, "optimizer") else None
 
     def _add_loss(self, engine: Engine) -> None:
         out = _as_rows(engine.state.output)[0]
@@ -196,9 +206,12 @@ class TrainingHistory:
 
     def _end_epoch(self, engine: Engine) -> None:
         row: dict = {"epoch": engine.state.epoch, "train_loss": float(np.mean(self._losses)) if self._losses else None}
-        row["lr"] = [g["lr"] for g in engine.optimizer.param_groups] if hasattr(engine, "optimizer") else None
+        row["lr"] = self._lrs
         if self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch:
-            row.update({f"val_{k}": float(v) for k, v in self.evaluator.state.metrics.items() if _is_number(v)})
+            metrics = self.evaluator.state.metrics
+            row.update(
+                {k if k.startswith("val_") else f"val_{k}": float(v) for k, v in metrics.items() if _is_number(v)}
+            )
         self.rows.append(row)
         self.save()
 
@@ -210,7 +223,9 @@ class TrainingHistory:
 
     def save(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_json({"epochs": self.rows, "best": self.best(), "key_metric": self.key_metric}, self.output_dir / "history.json")
+        save_json(
+            {"epochs": self.rows, "best": self.best(), "key_metric": self.key_metric}, self.output_dir / "history.json"
+        )
         keys = list(dict.fromkeys(k for r in self.rows for k in r if k != "lr"))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
@@ -261,7 +276,11 @@ class StopOnNonFiniteLoss:
             raise FloatingPointError(
                 f"training loss became {loss} at epoch {engine.state.epoch}, iteration {engine.state.iteration}. "
                 "Lower the learning rate (--lr), check the inputs for NaN/inf values, or disable AMP; "
-                + (f"the last good checkpoint is {last} (continue from it with --resume true)." if last else "no checkpoint was written yet.")
+                + (
+                    f"the last good checkpoint is {last} (continue from it with --resume true)."
+                    if last
+                    else "no checkpoint was written yet."
+                )
             )
 
 
@@ -313,7 +332,9 @@ class ResumeFromRun:
         if path is None:
             raise FileNotFoundError(f"--resume true but {self.run_dir} holds no checkpoint_epoch=N.pt to resume from")
         logger.info(f"resuming from {path}")
-        CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu").attach(engine)
+        CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu").attach(
+            engine
+        )
         history = Path(self.run_dir) / "history.json"
         if self.best_saver is not None and history.is_file():
             import json

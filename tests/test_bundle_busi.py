@@ -91,6 +91,25 @@ def test_existing_run_directory_is_not_overwritten(trained, demo_dir):
     assert (trained / "model.pt").read_bytes() == before
 
 
+def test_resume_continues_exactly(demo_dir, tmp_path):
+    """Stopping after epoch 1 and resuming gives bit-identical weights and optimizer state to the uninterrupted run."""
+    import shutil
+
+    full = ["--runs_dir", str(tmp_path), "--dataset_dir", str(demo_dir), *FAST, "--epochs", "2"]
+    run_bundle([TRAIN], *full, "--run_name", "full", "--keep_checkpoints", "2")
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    (tmp_path / "cut" / "checkpoint_epoch=2.pt").unlink()  # as if the process died during epoch 2
+    run_bundle([TRAIN], *full, "--run_name", "cut", "--resume", "true")
+    a = torch.load(tmp_path / "full" / "checkpoint_epoch=2.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert a["trainer"]["iteration"] == b["trainer"]["iteration"] > 0
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert torch.equal(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])
+    history = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert [r["epoch"] for r in history["epochs"]] == [1, 2]
+
+
 def test_bundle_properties(trained, demo_dir, tmp_path):
     """MONAI's own check that the bundle exposes the standard train/infer properties under their standard ids."""
     from monai.bundle import ConfigWorkflow
@@ -124,7 +143,16 @@ def test_real_busi_trains_and_evaluates(need, tmp_path):
 @pytest.mark.realdata
 def test_real_breastmnist_uses_the_official_test_split(need, tmp_path):
     npz = need("medmnist/breastmnist.npz")
-    common = ["--runs_dir", str(tmp_path), "--run_name", "bm", "--dataset_format", "medmnist", "--dataset_dir", str(npz)]
+    common = [
+        "--runs_dir",
+        str(tmp_path),
+        "--run_name",
+        "bm",
+        "--dataset_format",
+        "medmnist",
+        "--dataset_dir",
+        str(npz),
+    ]
     run_bundle([TRAIN], *common, *FAST)
     run_bundle([TRAIN, EVALUATE], *common, *FAST)
     report = json.loads((tmp_path / "bm" / "test_metrics.json").read_text())

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from medtransfer.engine import ClassificationMetric, ClassificationReport, EpochSeed, StopOnNonFiniteLoss
 from medtransfer.metrics import classification_report
@@ -16,7 +16,7 @@ def _rows(probs, labels, paths=None):
     """Decollated evaluator output: one dict per sample, as MONAI hands it to handlers."""
     return [
         {"pred": torch.tensor(p), "label": torch.tensor(y), **({"image_path": paths[i]} if paths else {})}
-        for i, (p, y) in enumerate(zip(probs, labels))
+        for i, (p, y) in enumerate(zip(probs, labels, strict=True))
     ]
 
 
