@@ -162,31 +162,26 @@ def plot_history(history: Sequence[dict], path: Path | str, title: str = "Traini
         pairs = [(e, float(row[key])) for e, row in zip(epochs, history, strict=True) if _finite_number(row.get(key))]
         return [e for e, _ in pairs], [v for _, v in pairs]
 
+    def panel(ax, keys: Sequence[str], ylabel: str, title: str) -> None:
+        plotted = False
+        for key in keys:
+            xs, ys = series(key)
+            if xs:
+                ax.plot(xs, ys, marker="o", markersize=3, label=key)
+                plotted = True
+        if plotted:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no {title.lower()} values recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+
     fig = Figure(figsize=(11, 4.2))
     ax_loss, ax_val = fig.subplots(1, 2)
-    xs, ys = series("train_loss")
-    if xs:
-        ax_loss.plot(xs, ys, marker="o", markersize=3, label="train_loss")
-        ax_loss.legend()
-    else:
-        ax_loss.text(0.5, 0.5, "no train_loss recorded", ha="center", va="center", transform=ax_loss.transAxes)
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_title("Training loss")
-    ax_loss.grid(alpha=0.3)
-
-    for key in val_keys:
-        xs, ys = series(key)
-        ax_val.plot(xs, ys, marker="o", markersize=3, label=key)
-    if val_keys:
-        ax_val.legend()
-    else:
-        ax_val.text(0.5, 0.5, "no validation metrics recorded", ha="center", va="center", transform=ax_val.transAxes)
-    ax_val.set_xlabel("epoch")
-    ax_val.set_ylabel("value")
-    ax_val.set_title("Validation")
-    ax_val.grid(alpha=0.3)
-
+    panel(ax_loss, ["train_loss"], "loss", "Training loss")
+    panel(ax_val, val_keys, "value", "Validation")
     for ax in (ax_loss, ax_val):
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title)
