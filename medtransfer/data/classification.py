@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from medtransfer.data.busi import BUSI_CLASSES, read_busi
+from medtransfer.data.imagefolder import folder_classes, image_folder_split
 from medtransfer.data.medmnist import medmnist_records
 from medtransfer.data.splits import stratified_split
 from medtransfer.errors import DatasetError
 
-FORMATS = ("busi", "medmnist")
+FORMATS = ("busi", "medmnist", "imagefolder")
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -30,6 +31,8 @@ def class_names(dataset_format: str, dataset_dir: str | Path) -> list[str]:
     _check_format(dataset_format)
     if dataset_format == "busi":
         return list(BUSI_CLASSES)
+    if dataset_format == "imagefolder":
+        return folder_classes(dataset_dir)
     stem = Path(dataset_dir).name.split(".")[0].lower()
     if stem in MEDMNIST_CLASSES:
         return list(MEDMNIST_CLASSES[stem])
@@ -49,7 +52,8 @@ def classification_datalist(
     """Records of one split.
 
     MedMNIST files carry an official train/val/test split, which is used as is (so test numbers compare with the
-    published ones). Folder datasets (BUSI) get a seeded stratified split; the same `seed` in training and evaluation
+    published ones); image folders use their own train/val/test folders where present. BUSI folders get a seeded
+    stratified split; the same `seed` in training and evaluation
     gives the same test images, which training never sees.
     """
     _check_format(dataset_format)
@@ -57,6 +61,8 @@ def classification_datalist(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if dataset_format == "medmnist":
         return medmnist_records(dataset_dir, split)
+    if dataset_format == "imagefolder":
+        return image_folder_split(dataset_dir, split, seed=seed)
     records = read_busi(dataset_dir)
     idx = stratified_split([r["label"] for r in records], fractions=fractions, seed=seed)[split]
     return [{"image": records[i]["image"], "label": records[i]["label"], "id": records[i]["id"]} for i in idx]
