@@ -6,6 +6,7 @@ directory and is written atomically, so an interrupted run never leaves a half-w
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -344,3 +345,107 @@ class ResumeFromRun:
             if best and key and self.best_saver._key_metric_checkpoint is not None:
                 # the best model on disk keeps its place: a worse epoch after resuming must not replace it
                 self.best_saver.load_state_dict({"_saved": [(best[f"val_{key}"], self.best_file)]})
+
+
+class MetaLRIteration:
+    """``iteration_update`` for MONAI's SupervisedTrainer that tunes layer-wise LRs with MetaLR.
+
+    It runs the trainer's own iteration (the pattern of MONAI deepgrow's ``Interaction``), so AMP, events, metrics and
+    handlers work unchanged. Between the trainer's backward pass and its optimizer step (``BACKWARD_COMPLETED``) it
+    computes the hypergradient from the gradients the trainer just made and one held-out validation batch, then lets
+    the real step run with the new LRs: no second training forward/backward.
+    """
+
+    def __init__(self, metalr, val_batches) -> None:
+        self.metalr, self.val_batches = metalr, val_batches
+        self._hooked: set[int] = set()
+        self.last_hypergradient: torch.Tensor | None = None
+
+    def __call__(self, engine: Engine, batchdata):
+        if id(engine) not in self._hooked:
+            if getattr(engine, "accumulation_steps", 1) > 1:
+                raise ValueError("MetaLR needs one optimizer step per iteration; set accumulation_steps to 1")
+            from monai.engines.utils import IterationEvents
+
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._meta_update)
+            self._hooked.add(id(engine))
+        return engine._iteration(engine, batchdata)
+
+    def _meta_update(self, engine: Engine) -> None:
+        from medtransfer.metalr import hypergradient_from_grads
+
+        metalr = self.metalr
+        if metalr.is_due():
+            scaler = engine.scaler if engine.amp else None
+            if scaler is not None:
+                scaler.unscale_(engine.optimizer)  # the step that follows knows, and will not unscale twice
+            grads = [[p.grad for p in group.params] for group in metalr.groups]
+            if all(g is None or torch.isfinite(g).all() for gs in grads for g in gs):
+                batch = engine.prepare_batch(next(self.val_batches), engine.state.device, engine.non_blocking)
+                context = (lambda: torch.autocast("cuda", **engine.amp_kwargs)) if engine.amp else contextlib.nullcontext
+                self.last_hypergradient = hypergradient_from_grads(
+                    engine.network,
+                    lambda pred, target: engine.loss_function(pred, target).mean(),
+                    (batch[0], batch[1]),
+                    metalr.lrs,
+                    metalr.groups,
+                    grads,
+                    forward_context=context,
+                    loss_scale=float(scaler.get_scale()) if scaler is not None else 1.0,
+                )
+                metalr.update(self.last_hypergradient, engine.state.epoch)
+        metalr.record()
+
+    def state_dict(self) -> dict:
+        """MetaLR's LRs and history plus the position in the validation batches, for exact resume."""
+        return {"metalr": self.metalr.state_dict(), "val_batches": self.val_batches.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.metalr.load_state_dict(state["metalr"])
+        self.val_batches.load_state_dict(state["val_batches"])
+
+
+class LRRecorder:
+    """Every layer group's LR at every iteration: TensorBoard scalars, ``lr_history.csv`` and ``lr_curves.png``.
+
+    Reads the history MetaLR keeps (restored on resume), so the files always cover the whole run; the CSV and PNG are
+    rewritten atomically at each epoch end.
+    """
+
+    def __init__(self, output_dir: str, metalr, tensorboard: bool = True) -> None:
+        self.output_dir, self.metalr, self.tensorboard = Path(output_dir), metalr, tensorboard
+        self._writer = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._log_scalars)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+        engine.add_event_handler(Events.COMPLETED, self._close)
+
+    def _log_scalars(self, engine: Engine) -> None:
+        if not self.tensorboard:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+        for group, lr in zip(self.metalr.groups, self.metalr.history[-1], strict=True):
+            self._writer.add_scalar(f"lr/{group.label}", lr, engine.state.iteration)
+
+    def save(self, engine: Engine | None = None) -> None:
+        from medtransfer.report import plot_lr_curves
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        names = [g.name for g in self.metalr.groups]
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["iteration", *names])
+        for i, row in enumerate(self.metalr.history, start=1):
+            writer.writerow([i, *(f"{v:.8g}" for v in row)])
+        _write_text_atomic(self.output_dir / "lr_history.csv", buf.getvalue())
+        if self.metalr.history:
+            plot_lr_curves(self.metalr.history, [g.label for g in self.metalr.groups], self.output_dir / "lr_curves.png")
+
+    def _close(self, engine: Engine) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -198,6 +199,34 @@ def _format_cell(value: Any) -> str:
         return f"{float(value):.3f}"
     # A literal pipe would end the cell early and shift every later column.
     return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def plot_lr_curves(
+    history: Sequence[Sequence[float]],
+    labels: Sequence[str],
+    path: Path | str,
+    title: str = "MetaLR layer-wise learning rates",
+) -> Path:
+    """One line per layer group over iterations on a log axis, like the MetaLR paper's LR figures.
+
+    `history` is iterations x groups; `labels` are the groups' display names (Conv 1, Block 1-1, ..., FC).
+    """
+    values = np.asarray(history, dtype=float)
+    if values.ndim != 2 or values.shape[1] != len(labels):
+        raise ValueError(f"history must be iterations x {len(labels)} groups, got shape {values.shape}")
+    fig = Figure(figsize=(8, 4.2))
+    ax = fig.subplots()
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.95, len(labels)))
+    steps = np.arange(1, len(values) + 1)
+    for j, label in enumerate(labels):
+        ax.plot(steps, values[:, j], label=label, color=colours[j], linewidth=1.4)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    return _save_figure(fig, path)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

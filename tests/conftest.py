@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from medtransfer.data import DATA_ENV, data_root
+from medtransfer.data import DATA_ENV, data_root, make_synthetic_busi
+
+REPO = Path(__file__).resolve().parents[1]
+BUSI_CONFIGS = REPO / "bundles" / "busi_classification" / "configs"
+STRATEGIES = REPO / "configs" / "strategies"
+FAST = ["--epochs", "1", "--image_size", "32", "--batch_size", "8"]
 
 
 def _need(relative: str = "") -> Path:
@@ -33,3 +40,20 @@ def real_data() -> Path:
 def need() -> Callable[[str], Path]:
     """``need("busi")`` -> the subpath of the real data, skipped/failed like ``real_data`` when missing."""
     return _need
+
+
+def run_bundle(configs: list, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` in a subprocess from the repository root, as a user runs it."""
+    configs = [str(c) for c in configs]
+    config = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A small synthetic BUSI-layout set (10 images per class) for fast bundle runs."""
+    return make_synthetic_busi(tmp_path_factory.mktemp("data") / "synthetic_busi_demo", n_per_class=10, image_size=64)

@@ -2,35 +2,15 @@
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import BUSI_CONFIGS, FAST, run_bundle
 
-from medtransfer.data import make_synthetic_busi
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "busi_classification" / "configs"
-TRAIN, EVALUATE, INFERENCE = (str(CONFIGS / f"{n}.json") for n in ("train", "evaluate", "inference"))
-FAST = ["--epochs", "1", "--image_size", "32", "--batch_size", "8"]
+TRAIN, EVALUATE, INFERENCE = (str(BUSI_CONFIGS / f"{n}.json") for n in ("train", "evaluate", "inference"))
 
 pytestmark = pytest.mark.slow
-
-
-def run_bundle(configs: list[str], *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    config = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    return make_synthetic_busi(tmp_path_factory.mktemp("data") / "synthetic_busi_demo", n_per_class=10, image_size=64)
 
 
 @pytest.fixture(scope="module")

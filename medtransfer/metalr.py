@@ -1,0 +1,282 @@
+"""MetaLR: online meta-learned, layer-wise learning rates (Chen et al., MICCAI 2023), with an exact, cheap hypergradient.
+
+Each meta iteration takes a virtual step θ̂_j = θ_j − α_j·g_j with the training-batch gradient g, measures the loss of
+θ̂ on a held-out validation batch and moves each layer group's LR α_j against ∂L_val/∂α_j. Because g does not depend
+on α, the chain rule gives the hypergradient in closed form,
+
+    ∂L_val(θ − α∘g)/∂α_j = −⟨∇_{θ̂_j} L_val(θ̂), g_j⟩,
+
+so one validation forward/backward at θ̂ is all it costs: no second-order graph, no model copy. The virtual step is
+applied to the model's own parameters in place and undone right after (exact up to float rounding), and the BatchNorm
+running statistics the validation forward would update are restored, so the real model is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from medtransfer.layers import LayerGroup
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+RULES = ("multiplicative", "additive")
+
+
+@contextlib.contextmanager
+def preserved_buffers(model: nn.Module) -> Iterator[None]:
+    """Restore every buffer (BatchNorm running stats, counters) on exit: meta forwards must not move them."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def _group_tensors(groups: Sequence[LayerGroup], grads: Sequence[Sequence[torch.Tensor | None]]):
+    """Per group, the (param, grad) pairs that have a gradient (frozen or unused parameters take no virtual step)."""
+    return [
+        [(p, g) for p, g in zip(group.params, group_grads, strict=True) if g is not None]
+        for group, group_grads in zip(groups, grads, strict=True)
+    ]
+
+
+@torch.no_grad()
+def _shift(pairs: list[list[tuple[torch.Tensor, torch.Tensor]]], lrs: Sequence[float], sign: float) -> None:
+    """θ_j ← θ_j + sign·α_j·g_j for every group, with fused multi-tensor kernels."""
+    for group_pairs, lr in zip(pairs, lrs, strict=True):
+        if group_pairs and lr != 0:
+            params, grads = zip(*group_pairs, strict=True)
+            torch._foreach_add_(list(params), list(grads), alpha=sign * lr)
+
+
+def hypergradient_from_grads(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    val_batch: Batch,
+    lrs: torch.Tensor | Sequence[float],
+    groups: Sequence[LayerGroup],
+    grads: Sequence[Sequence[torch.Tensor | None]],
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    loss_scale: float = 1.0,
+) -> torch.Tensor:
+    """∂L_val/∂α_j for every group, given the training gradients `grads` (per group, aligned with `group.params`).
+
+    This is the piece a trainer calls between its backward pass and its optimizer step, reusing the gradients it
+    already has. `forward_context` wraps the validation forward (e.g. autocast) and `loss_scale` scales the validation
+    loss before backward (an AMP grad scaler's scale), divided out again in the result.
+    """
+    lr_values = [float(a) for a in (lrs.tolist() if isinstance(lrs, torch.Tensor) else lrs)]
+    if len(lr_values) != len(groups):
+        raise ValueError(f"got {len(lr_values)} learning rates for {len(groups)} layer groups")
+    pairs = _group_tensors(groups, grads)
+    params = [p for group_pairs in pairs for p, _ in group_pairs]
+    inputs, targets = val_batch
+    with preserved_buffers(model):
+        _shift(pairs, lr_values, -1.0)  # θ̂ = θ − α∘g, in place
+        try:
+            with forward_context():
+                val_loss = loss_fn(model(inputs), targets)
+            val_grads = torch.autograd.grad(val_loss * loss_scale, params, allow_unused=True)
+        finally:
+            _shift(pairs, lr_values, +1.0)  # back to θ
+    hyper = torch.zeros(len(groups), dtype=torch.float64)
+    k = 0
+    for j, group_pairs in enumerate(pairs):
+        total = torch.zeros((), dtype=torch.float64, device=params[0].device if params else "cpu")
+        for _, g in group_pairs:
+            h = val_grads[k]
+            k += 1
+            if h is not None:
+                total += torch.dot(h.reshape(-1).double(), g.reshape(-1).double())
+        hyper[j] = -total.cpu() / loss_scale
+    return hyper
+
+
+def layer_hypergradient(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    train_batch: Batch,
+    val_batch: Batch,
+    lrs: torch.Tensor | Sequence[float],
+    groups: Sequence[LayerGroup],
+) -> torch.Tensor:
+    """d/dα_j of the validation loss after the virtual step θ̂ = θ − α∘g, one entry per layer group.
+
+    g is the training-batch gradient at θ. Costs one training and one validation forward/backward; the model's
+    parameters, `.grad` fields and buffers are as they were when it returns. `groups` is what
+    `medtransfer.layers.layer_groups(model)` returns.
+    """
+    with preserved_buffers(model):
+        inputs, targets = train_batch
+        train_loss = loss_fn(model(inputs), targets)
+        flat = [p for group in groups for p in group.params]
+        trainable = [p for p in flat if p.requires_grad]
+        found = dict(zip(map(id, trainable), torch.autograd.grad(train_loss, trainable, allow_unused=True), strict=True))
+    grads = [[found.get(id(p)) for p in group.params] for group in groups]
+    return hypergradient_from_grads(model, loss_fn, val_batch, lrs, groups, grads)
+
+
+class MetaLR:
+    """Owns the per-group learning rates of a torch optimizer and moves them along the validation hypergradient.
+
+    The optimizer's param groups must be the layer groups, in order (``medtransfer.layers.param_groups``), so it
+    works with any torch optimizer (SGD, SGD+momentum, Adam, AdamW, ...): MetaLR only writes ``group["lr"]``.
+
+    Args:
+        optimizer: the optimizer whose LRs MetaLR owns.
+        groups: the layer groups matching the optimizer's param groups.
+        base_lr: the head's initial LR; backbone groups start at ``backbone_scale * base_lr`` (as published)
+            unless `init_lrs` gives every group's initial LR.
+        hyper_lr: η, the step size on the LRs.
+        rule: ``"multiplicative"`` (published code: α ← α(1 − η·∂L/∂α)) or ``"additive"`` (paper: α ← α − η·∂L/∂α).
+        bounds: LRs are clamped to this interval after every update.
+        pinned: names of groups whose LR stays at its initial value during the first `pin_epochs` epochs
+            (default: the head, the last group, for 5 epochs, as published).
+        meta_interval: update the LRs every k-th iteration; the other iterations cost what plain training costs.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        groups: Sequence[LayerGroup],
+        base_lr: float | None = None,
+        hyper_lr: float = 0.1,
+        rule: str = "multiplicative",
+        bounds: tuple[float, float] = (1e-6, 1e-2),
+        init_lrs: Sequence[float] | None = None,
+        backbone_scale: float = 0.1,
+        pinned: Sequence[str] | None = None,
+        pin_epochs: int = 5,
+        meta_interval: int = 1,
+    ) -> None:
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        if meta_interval < 1:
+            raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
+        names = [g.get("name") for g in optimizer.param_groups]
+        expected = [g.name for g in groups]
+        if names != expected:
+            raise ValueError(
+                "the optimizer's param groups must be the layer groups in order, built with "
+                f"medtransfer.layers.param_groups(groups, lr); got {names} for groups {expected}"
+            )
+        self.optimizer, self.groups = optimizer, list(groups)
+        self.hyper_lr, self.rule, self.bounds = float(hyper_lr), rule, (float(bounds[0]), float(bounds[1]))
+        self.pin_epochs, self.meta_interval = int(pin_epochs), int(meta_interval)
+        if init_lrs is None:
+            base = float(base_lr if base_lr is not None else optimizer.param_groups[-1]["lr"])
+            init_lrs = [backbone_scale * base] * (len(groups) - 1) + [base]
+        if len(init_lrs) != len(groups):
+            raise ValueError(f"init_lrs has {len(init_lrs)} values for {len(groups)} groups")
+        self.init_lrs = [float(a) for a in init_lrs]
+        pinned = [groups[-1].name] if pinned is None else list(pinned)
+        unknown = set(pinned) - set(expected)
+        if unknown:
+            raise ValueError(f"pinned groups {sorted(unknown)} are not layer groups ({expected})")
+        self.pinned_index = [expected.index(n) for n in pinned]
+        self.set_lrs(self.init_lrs)
+        self.iterations = 0  # iterations observed (meta updates happen on every meta_interval-th)
+        self.updates = 0
+        self.history: list[list[float]] = []  # LRs used by the real step of every observed iteration
+
+    @property
+    def lrs(self) -> torch.Tensor:
+        """Current per-group LRs, as the optimizer holds them."""
+        return torch.tensor([g["lr"] for g in self.optimizer.param_groups], dtype=torch.float64)
+
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = float(lr)
+
+    def is_due(self) -> bool:
+        """Whether the coming iteration updates the LRs (counted from 0: the first iteration always does)."""
+        return self.iterations % self.meta_interval == 0
+
+    def update(self, hypergrad: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Move the LRs against `hypergrad` (∂L_val/∂α, one per group); `epoch` is 1-based, for pinning."""
+        hypergrad = hypergrad.to(torch.float64).cpu()
+        if not torch.isfinite(hypergrad).all():
+            logger.warning(f"MetaLR: non-finite hypergradient {hypergrad.tolist()}; LRs left unchanged")
+            return self.lrs
+        lrs = self.lrs
+        if self.rule == "multiplicative":
+            new = lrs * (1 - self.hyper_lr * hypergrad)
+        else:
+            new = lrs - self.hyper_lr * hypergrad
+        new = new.clamp(*self.bounds)
+        if epoch <= self.pin_epochs:
+            for j in self.pinned_index:
+                new[j] = self.init_lrs[j]
+        self.set_lrs(new.tolist())
+        self.updates += 1
+        return new
+
+    def record(self) -> None:
+        """Close an iteration: keep the LRs its real step used (the curve the paper plots)."""
+        self.history.append([g["lr"] for g in self.optimizer.param_groups])
+        self.iterations += 1
+
+    def state_dict(self) -> dict:
+        """Counters and LR history as tensors and numbers (loads with ``weights_only=True``)."""
+        return {
+            "lrs": self.lrs,
+            "iterations": self.iterations,
+            "updates": self.updates,
+            "history": torch.tensor(self.history, dtype=torch.float64).reshape(-1, len(self.groups)),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        lrs = state["lrs"]
+        if len(lrs) != len(self.groups):
+            raise ValueError(f"MetaLR state has {len(lrs)} LRs but there are {len(self.groups)} layer groups")
+        self.set_lrs(lrs.tolist())
+        self.iterations, self.updates = int(state["iterations"]), int(state["updates"])
+        self.history = state["history"].tolist()
+
+
+class CyclingBatches:
+    """Endless, reshuffled batches from a held-out dataset, resumable at the exact batch.
+
+    Every pass over the dataset uses a new permutation drawn from (seed, pass), so the meta batches are neither the
+    same first batch every time nor dependent on any global RNG; `state_dict` records the position.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int = 0, collate_fn: Callable | None = None) -> None:
+        from monai.data import list_data_collate
+
+        if len(dataset) == 0:
+            raise ValueError("the MetaLR validation dataset is empty; it needs a held-out (validation) split")
+        self.dataset, self.batch_size, self.seed = dataset, min(int(batch_size), len(dataset)), int(seed)
+        self.collate_fn = collate_fn or list_data_collate
+        self.drawn = 0
+
+    def _order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.dataset), generator=generator).tolist()
+
+    def batches_per_pass(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __next__(self):
+        epoch, position = divmod(self.drawn, self.batches_per_pass())
+        indices = self._order(epoch)[position * self.batch_size : (position + 1) * self.batch_size]
+        self.drawn += 1
+        return self.collate_fn([self.dataset[i] for i in indices])
+
+    def __iter__(self) -> CyclingBatches:
+        return self
+
+    def state_dict(self) -> dict:
+        return {"drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.drawn = int(state["drawn"])
