@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medtransfer-installed
 BUNDLE := bundles/busi_classification/configs
+# The main job fine-tunes with MetaLR; STRATEGY= (empty) gives plain fine-tuning.
+STRATEGY ?= configs/strategies/metalr.json
+comma := ,
+TRAIN_CONFIGS := ['$(BUNDLE)/train.json'$(if $(STRATEGY),$(comma)'$(STRATEGY)')]
 RUN ?= demo-$(shell date +%Y%m%d-%H%M%S)
 # Extra bundle overrides, e.g. make demo ARGS="--dataset_dir ../shared/data/busi"
 ARGS ?=
@@ -18,9 +22,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(PY) -m monai.bundle run --config_file $(BUNDLE)/train.json --run_name $(RUN) $(ARGS)
+	$(PY) -m monai.bundle run --config_file "$(TRAIN_CONFIGS)" --run_name $(RUN) $(ARGS)
 	$(PY) -m monai.bundle run --config_file "['$(BUNDLE)/train.json','$(BUNDLE)/evaluate.json']" --run_name $(RUN) $(ARGS)
-	@echo "results: runs/busi_classification/$(RUN) (model.pt, history.png, test_metrics.json, test_confusion_matrix.png)"
+	@echo "results: runs/busi_classification/$(RUN) (model.pt, history.png, lr_curves.png, test_metrics.json, test_confusion_matrix.png)"
 
 test: install
 	$(VENV)/bin/ruff check medtransfer tests benchmarks
