@@ -79,6 +79,8 @@ def hypergradient_from_grads(
         raise ValueError(f"got {len(lr_values)} learning rates for {len(groups)} layer groups")
     pairs = _group_tensors(groups, grads)
     params = [p for group_pairs in pairs for p, _ in group_pairs]
+    if not params:  # nothing trainable took a gradient: no LR can change the validation loss
+        return torch.zeros(len(groups), dtype=torch.float64)
     inputs, targets = val_batch
     with preserved_buffers(model):
         _shift(pairs, lr_values, -1.0)  # θ̂ = θ − α∘g, in place
@@ -120,7 +122,9 @@ def layer_hypergradient(
         train_loss = loss_fn(model(inputs), targets)
         flat = [p for group in groups for p in group.params]
         trainable = [p for p in flat if p.requires_grad]
-        found = dict(zip(map(id, trainable), torch.autograd.grad(train_loss, trainable, allow_unused=True), strict=True))
+        found = dict(
+            zip(map(id, trainable), torch.autograd.grad(train_loss, trainable, allow_unused=True), strict=True)
+        )
     grads = [[found.get(id(p)) for p in group.params] for group in groups]
     return hypergradient_from_grads(model, loss_fn, val_batch, lrs, groups, grads)
 
@@ -167,7 +171,8 @@ class MetaLR:
         if names != expected:
             raise ValueError(
                 "the optimizer's param groups must be the layer groups in order, built with "
-                f"medtransfer.layers.param_groups(groups, lr); got {names} for groups {expected}"
+                f"medtransfer.layers.param_groups(groups, lr); got {names} for groups {expected} "
+                "(param_groups leaves out fully frozen groups: pass MetaLR only the groups that train)"
             )
         self.optimizer, self.groups = optimizer, list(groups)
         self.hyper_lr, self.rule, self.bounds = float(hyper_lr), rule, (float(bounds[0]), float(bounds[1]))
@@ -177,7 +182,10 @@ class MetaLR:
             init_lrs = [backbone_scale * base] * (len(groups) - 1) + [base]
         if len(init_lrs) != len(groups):
             raise ValueError(f"init_lrs has {len(init_lrs)} values for {len(groups)} groups")
-        self.init_lrs = [float(a) for a in init_lrs]
+        low, high = self.bounds
+        if any(not low <= a <= high for a in init_lrs):
+            logger.warning(f"MetaLR: initial LRs {list(init_lrs)} lie outside bounds {self.bounds}; clamped")
+        self.init_lrs = [min(max(float(a), low), high) for a in init_lrs]
         pinned = [groups[-1].name] if pinned is None else list(pinned)
         unknown = set(pinned) - set(expected)
         if unknown:
@@ -255,6 +263,8 @@ class CyclingBatches:
 
         if len(dataset) == 0:
             raise ValueError("the MetaLR validation dataset is empty; it needs a held-out (validation) split")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset, self.batch_size, self.seed = dataset, min(int(batch_size), len(dataset)), int(seed)
         self.collate_fn = collate_fn or list_data_collate
         self.drawn = 0
