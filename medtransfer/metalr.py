@@ -7,8 +7,9 @@ on α, the chain rule gives the hypergradient in closed form,
     ∂L_val(θ − α∘g)/∂α_j = −⟨∇_{θ̂_j} L_val(θ̂), g_j⟩,
 
 so one validation forward/backward at θ̂ is all it costs: no second-order graph, no model copy. The virtual step is
-applied to the model's own parameters in place and undone right after (exact up to float rounding), and the BatchNorm
-running statistics the validation forward would update are restored, so the real model is left as it was.
+applied to the model's own parameters in place and undone right after (exact up to float rounding), the BatchNorm
+running statistics the validation forward would update are restored, and each parameter's validation gradient is
+folded into its inner product the moment it is complete and then freed, so memory stays close to a plain step's.
 """
 
 from __future__ import annotations
@@ -82,25 +83,38 @@ def hypergradient_from_grads(
     if not params:  # nothing trainable took a gradient: no LR can change the validation loss
         return torch.zeros(len(groups), dtype=torch.float64)
     inputs, targets = val_batch
+    train_grads = [g for group_pairs in pairs for _, g in group_pairs]
+    owner = [j for j, group_pairs in enumerate(pairs) for _ in group_pairs]
+    dots = torch.zeros(len(params), dtype=torch.float64, device=params[0].device)  # stays on device: no syncs
+
+    def consume(k: int):
+        # ⟨h, g⟩ for one parameter as soon as its validation gradient h is complete; then h is dropped, so the
+        # validation backward never holds a second full set of gradients
+        def hook(param: torch.Tensor) -> None:
+            dots[k] = torch.dot(param.grad.reshape(-1), train_grads[k].reshape(-1)).double()
+            param.grad = None
+
+        return hook
+
+    held = [p.grad for p in params]  # whatever .grad held (the trainer's g) is put back afterwards
     with preserved_buffers(model):
         _shift(pairs, lr_values, -1.0)  # θ̂ = θ − α∘g, in place
+        handles = [p.register_post_accumulate_grad_hook(consume(k)) for k, p in enumerate(params)]
         try:
+            for p in params:
+                p.grad = None
             with forward_context():
                 val_loss = loss_fn(model(inputs), targets)
-            val_grads = torch.autograd.grad(val_loss * loss_scale, params, allow_unused=True)
+            (val_loss * loss_scale).backward(inputs=params)
         finally:
+            for handle in handles:
+                handle.remove()
+            for p, grad in zip(params, held, strict=True):
+                p.grad = grad
             _shift(pairs, lr_values, +1.0)  # back to θ
-    hyper = torch.zeros(len(groups), dtype=torch.float64)
-    k = 0
-    for j, group_pairs in enumerate(pairs):
-        total = torch.zeros((), dtype=torch.float64, device=params[0].device if params else "cpu")
-        for _, g in group_pairs:
-            h = val_grads[k]
-            k += 1
-            if h is not None:
-                total += torch.dot(h.reshape(-1).double(), g.reshape(-1).double())
-        hyper[j] = -total.cpu() / loss_scale
-    return hyper
+    hyper = torch.zeros(len(groups), dtype=torch.float64, device=dots.device)
+    hyper.index_add_(0, torch.tensor(owner, dtype=torch.long, device=dots.device), dots)
+    return (-hyper / loss_scale).cpu()
 
 
 def layer_hypergradient(
