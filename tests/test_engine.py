@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from medtransfer.engine import ClassificationMetric, ClassificationReport, EpochSeed, StopOnNonFiniteLoss
 from medtransfer.metrics import classification_report
@@ -107,3 +107,46 @@ def test_epoch_seed_makes_each_epoch_reproducible():
     first, second = run(), run()
     assert first == second
     assert first[1] != first[2]
+
+
+def test_metalr_iteration_reuses_training_gradients_and_steps_with_new_lrs():
+    """In a real SupervisedTrainer: one training + one validation forward per iteration, and the optimizer's real
+    step uses the LRs MetaLR just set (θ' = θ − α_new·g for plain SGD)."""
+    from monai.engines import SupervisedTrainer
+
+    from medtransfer.engine import MetaLRIteration
+    from medtransfer.layers import layer_groups, param_groups
+    from medtransfer.metalr import CyclingBatches, MetaLR
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    forwards = []
+    model.register_forward_hook(lambda m, i, o: forwards.append(1))
+    groups = layer_groups(model)
+    optimizer = torch.optim.SGD(param_groups(groups, 0.01))
+    metalr = MetaLR(optimizer, groups, base_lr=0.01, pin_epochs=0, hyper_lr=1.0)
+    val = [{"image": torch.randn(4), "label": torch.tensor(i % 3)} for i in range(6)]
+    train = [{"image": torch.randn(5, 4), "label": torch.randint(0, 3, (5,))} for _ in range(3)]
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=train, network=model, optimizer=optimizer,
+        loss_function=torch.nn.CrossEntropyLoss(), iteration_update=MetaLRIteration(metalr, CyclingBatches(val, 3)),
+        decollate=False,
+    )  # fmt: skip
+    before, checked = {}, []
+
+    @trainer.on(Events.ITERATION_STARTED)
+    def keep(engine):
+        before.update({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def check(engine):
+        lr_of = {n: optimizer.param_groups[j]["lr"] for j, g in enumerate(groups) for n in g.param_names}
+        for name, p in model.named_parameters():
+            assert torch.allclose(p.detach(), before[name] - lr_of[name] * p.grad, atol=1e-7), name
+        checked.append(lr_of)
+
+    trainer.run()
+    assert len(forwards) == 2 * 3  # train + validation forward per iteration, no second training pass
+    assert len(checked) == 3 and metalr.updates == 3
+    first_layer_lrs = [lrs["0.weight"] for lrs in checked]
+    assert first_layer_lrs[-1] != pytest.approx(0.001, rel=1e-6)  # moved away from 0.1 x base, so the check above bites
