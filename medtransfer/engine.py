@@ -380,9 +380,14 @@ class MetaLRIteration:
             if scaler is not None:
                 scaler.unscale_(engine.optimizer)  # the step that follows knows, and will not unscale twice
             grads = [[p.grad for p in group.params] for group in metalr.groups]
-            if all(g is None or torch.isfinite(g).all() for gs in grads for g in gs):
+            # with AMP an overflowing step is skipped by the scaler: skip its meta update too (without AMP a
+            # non-finite gradient gives a non-finite hypergradient, which MetaLR.update ignores)
+            finite = scaler is None or all(g is None or torch.isfinite(g).all() for gs in grads for g in gs)
+            if finite:
                 batch = engine.prepare_batch(next(self.val_batches), engine.state.device, engine.non_blocking)
-                context = (lambda: torch.autocast("cuda", **engine.amp_kwargs)) if engine.amp else contextlib.nullcontext
+                context = (
+                    (lambda: torch.autocast("cuda", **engine.amp_kwargs)) if engine.amp else contextlib.nullcontext
+                )
                 self.last_hypergradient = hypergradient_from_grads(
                     engine.network,
                     lambda pred, target: engine.loss_function(pred, target).mean(),
@@ -443,7 +448,9 @@ class LRRecorder:
             writer.writerow([i, *(f"{v:.8g}" for v in row)])
         _write_text_atomic(self.output_dir / "lr_history.csv", buf.getvalue())
         if self.metalr.history:
-            plot_lr_curves(self.metalr.history, [g.label for g in self.metalr.groups], self.output_dir / "lr_curves.png")
+            plot_lr_curves(
+                self.metalr.history, [g.label for g in self.metalr.groups], self.output_dir / "lr_curves.png"
+            )
 
     def _close(self, engine: Engine) -> None:
         if self._writer is not None:
