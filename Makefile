@@ -8,7 +8,10 @@ BUNDLE := bundles/busi_classification/configs
 STRATEGY ?= configs/strategies/metalr.json
 comma := ,
 TRAIN_CONFIGS := ['$(BUNDLE)/train.json'$(if $(STRATEGY),$(comma)'$(STRATEGY)')]
-RUN ?= demo-$(shell date +%Y%m%d-%H%M%S)
+# fixed once (:=), so training and evaluation name the same run
+ifndef RUN
+RUN := demo-$(shell date +%Y%m%d-%H%M%S)
+endif
 # Extra bundle overrides, e.g. make demo ARGS="--dataset_dir ../shared/data/busi"
 ARGS ?=
 

@@ -60,7 +60,10 @@ def require_run_dir(path: str | Path, needs: str = "model.pt") -> str:
 
 def latest_run(runs_dir: str | Path, needs: str = "model.pt") -> str:
     """Name of the newest finished run under `runs_dir`, so evaluate/inference work without --run_name."""
-    runs = sorted((p for p in Path(runs_dir).glob("*") if (p / needs).is_file()), key=lambda p: p.stat().st_mtime)
+    # ordered by when the model file was written: evaluating an older run must not make it the newest
+    runs = sorted(
+        (p for p in Path(runs_dir).glob("*") if (p / needs).is_file()), key=lambda p: (p / needs).stat().st_mtime
+    )
     if not runs:
         raise RunDirectoryError(f"no finished run (with {needs}) under {runs_dir}; train first, or pass --run_name")
     return runs[-1].name

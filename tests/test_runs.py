@@ -46,7 +46,8 @@ def test_latest_run_and_require(tmp_path):
     for i, name in enumerate(["old", "new"]):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.pt").write_bytes(b"x")
-        os.utime(tmp_path / name, (time.time() + i, time.time() + i))
+        os.utime(tmp_path / name / "model.pt", (time.time() + i, time.time() + i))
+    (tmp_path / "old" / "test_metrics.json").write_text("{}")  # evaluating the old run does not make it newest
     (tmp_path / "unfinished").mkdir()
     assert latest_run(tmp_path) == "new"
     assert require_run_dir(tmp_path / "old") == str(tmp_path / "old")
