@@ -1,4 +1,4 @@
-"""A loader that turns any grey or RGB 2D image (file or array) into a (1,H,W) float tensor in [0, 1]."""
+"""A loader that turns any grey or RGB 2D image (file, DICOM or array) into a (1,H,W) float tensor in [0, 1]."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from monai.transforms import MapTransform
 from PIL import Image
 
 from medtransfer.errors import DatasetError
+
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's "L"
 
 
 def _pil_to_grey(im: Image.Image) -> np.ndarray:
@@ -37,18 +39,78 @@ def _array_to_grey(arr: np.ndarray, key: Hashable) -> np.ndarray:
         if arr.shape[-1] == 1:
             return arr[..., 0]
         rgb = arr[..., :3].astype(np.float32)
-        return np.rint(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).clip(0, 255).astype(np.uint8)
+        return np.rint(rgb @ _LUMA.astype(np.float32)).clip(0, 255).astype(np.uint8)
     if arr.ndim != 2:
         raise DatasetError(f"array for {key!r} has shape {arr.shape}; expected HxW or HxWx3")
     return arr
+
+
+def _dicom_to_unit(path: Path) -> np.ndarray:
+    """Read a DICOM file's first frame as float32 HxW in [0, 1], bright = dense.
+
+    Rescale slope/intercept applied, MONOCHROME1 inverted, palette or RGB colour turned to luminance,
+    then the image's own min/max stretched to [0, 1] (a constant image gives zeros).
+    """
+    import pydicom  # imported lazily: only DICOM inputs need it
+    from pydicom.pixels import apply_color_lut, pixel_array
+
+    ds = pydicom.dcmread(path)
+    arr = pixel_array(ds, index=0)  # first frame only; YCbCr is returned as RGB
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    arr = arr.astype(np.float64)
+    if arr.ndim == 3:  # HxWx3 colour (e.g. ultrasound) -> luminance
+        arr = arr[..., :3] @ _LUMA
+    if arr.ndim != 2:
+        raise DatasetError(f"DICOM {path} has pixel data of shape {arr.shape}; expected a 2D grey or colour image")
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    arr = arr * float(slope if slope is not None else 1) + float(intercept if intercept is not None else 0)
+    lo, hi = float(arr.min()), float(arr.max())
+    unit = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if photometric == "MONOCHROME1" and hi > lo:  # MONOCHROME1: low values are bright
+        unit = 1.0 - unit
+    return unit.astype(np.float32)
+
+
+def _is_dicom(path: Path) -> bool:
+    """``.dcm``, or the DICOM "DICM" magic after the 128-byte preamble (files often have no extension, or .IMA).
+
+    Checked before PIL: some DICOM preambles hold a TIFF header that PIL would otherwise try to read.
+    """
+    if path.suffix.lower() == ".dcm":
+        return True
+    with path.open("rb") as f:
+        f.seek(128)
+        return f.read(4) == b"DICM"
+
+
+def _read_file(path: Path) -> np.ndarray:
+    """Float32 HxW in [0, 1] from an image file (PIL) or a DICOM file (pydicom); DatasetError naming it otherwise."""
+    dicom = False
+    try:
+        if dicom := _is_dicom(path):
+            return _dicom_to_unit(path)
+        with Image.open(path) as im:
+            im.load()
+            return _pil_to_grey(im).astype(np.float32) / 255.0
+    except DatasetError:
+        raise
+    except Exception as exc:
+        if dicom:
+            advice = "check it is a DICOM image (compressed pixel data may need a decoder such as pylibjpeg)"
+            raise DatasetError(f"cannot read DICOM {path}: {exc}; {advice}") from exc
+        raise DatasetError(f"cannot read image {path}: {exc}; re-export it as PNG or remove it") from exc
 
 
 class LoadGreyImaged(MapTransform):
     """Load each key (file path or uint8 array) as a float32 tensor (1,H,W) in [0, 1].
 
     BUSI PNGs are saved as RGB although they are grey, and MedMNIST comes as arrays, so one loader
-    for both keeps the rest of the pipeline single-channel. For paths, ``data[f"{key}_path"]`` keeps
-    the source file so per-image outputs (CSV rows) can name it.
+    for both keeps the rest of the pipeline single-channel. DICOM files (``.dcm``, or any file with
+    the DICOM magic whatever its name) are read with pydicom and stretched to [0, 1] by their own min/max
+    (:func:`_dicom_to_unit`). For paths, ``data[f"{key}_path"]`` keeps the source file so per-image
+    outputs (CSV rows) can name it.
     """
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
@@ -62,18 +124,11 @@ class LoadGreyImaged(MapTransform):
                 path = Path(value)
                 if not path.is_file():
                     raise DatasetError(f"image file {path} not found (key {key!r}); check the path in the data list")
-                try:
-                    with Image.open(path) as im:
-                        im.load()
-                        grey = _pil_to_grey(im)
-                except DatasetError:
-                    raise
-                except Exception as exc:
-                    raise DatasetError(f"cannot read image {path}: {exc}; re-export it as PNG or remove it") from exc
+                unit = _read_file(path)
                 d[f"{key}_path"] = str(path)
             elif isinstance(value, np.ndarray):
-                grey = _array_to_grey(value, key)
+                unit = _array_to_grey(value, key).astype(np.float32) / 255.0
             else:
                 raise DatasetError(f"{key!r} holds a {type(value).__name__}; expected a file path or a uint8 array")
-            d[key] = torch.from_numpy(grey.astype(np.float32) / 255.0).unsqueeze(0)
+            d[key] = torch.from_numpy(unit).unsqueeze(0)
         return d

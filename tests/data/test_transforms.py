@@ -78,3 +78,96 @@ def test_missing_keys_and_bad_arrays() -> None:
         LoadGreyImaged(["image", "mask"])({"image": np.zeros((2, 2), np.uint8)})
     with pytest.raises(DatasetError, match="float64"):
         LoadGreyImaged("image")({"image": np.zeros((2, 2))})
+
+
+def _dicom(name: str) -> Path:
+    """A real DICOM file shipped inside pydicom (all of these are uncompressed: no extra decoder needed)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom does not ship {name}")
+    return Path(path)
+
+
+def _unit(arr: np.ndarray) -> np.ndarray:
+    arr = arr.astype(np.float64)
+    return (arr - arr.min()) / (arr.max() - arr.min())
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "liver_1frame.dcm"])
+def test_dicom_grey(name: str) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(_dicom(name))
+    pixels = ds.pixel_array
+    out = LoadGreyImaged("image")({"image": _dicom(name)})
+    _assert_grey(out["image"], int(ds.Rows), int(ds.Columns))
+    image = out["image"][0].numpy()
+    assert float(image.std()) > 0.05 and image.min() == 0.0 and image.max() == 1.0
+    assert np.unravel_index(image.argmax(), image.shape) == np.unravel_index(pixels.argmax(), pixels.shape)
+    np.testing.assert_allclose(image, _unit(pixels), atol=1e-6)  # slope > 0: same ordering, own min/max
+    assert out["image_path"] == str(_dicom(name))
+
+
+def test_dicom_without_extension_and_upper_case_suffix(tmp_path: Path) -> None:
+    source = _dicom("CT_small.dcm")
+    expected = LoadGreyImaged("image")({"image": source})["image"]
+    for name in ("IM00001", "SCAN.DCM"):  # recognised by the "DICM" magic, not the name
+        (tmp_path / name).write_bytes(source.read_bytes())
+        assert torch.equal(LoadGreyImaged("image")({"image": tmp_path / name})["image"], expected)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(_dicom("MR_small.dcm"))
+    pixels = ds.pixel_array
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "mono1.dcm")
+    image = LoadGreyImaged("image")({"image": tmp_path / "mono1.dcm"})["image"][0].numpy()
+    np.testing.assert_allclose(image, 1.0 - _unit(pixels), atol=1e-6)  # low values are bright in MONOCHROME1
+    assert np.unravel_index(image.argmax(), image.shape) == np.unravel_index(pixels.argmin(), pixels.shape)
+
+
+def test_dicom_rescale_multiframe_and_constant(tmp_path: Path) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(_dicom("MR_small.dcm"))
+    first = ds.pixel_array
+    ds.PixelData = np.stack([first, first[::-1]]).tobytes()
+    ds.NumberOfFrames = 2
+    ds.RescaleSlope, ds.RescaleIntercept = -2, 100  # a negative slope flips the ordering
+    ds.save_as(tmp_path / "two_frames.dcm")
+    image = LoadGreyImaged("image")({"image": tmp_path / "two_frames.dcm"})["image"]
+    _assert_grey(image, int(ds.Rows), int(ds.Columns))
+    np.testing.assert_allclose(image[0].numpy(), 1.0 - _unit(first), atol=1e-6)  # first frame only
+
+    ds = pydicom.dcmread(_dicom("MR_small.dcm"))
+    ds.PixelData = np.full_like(first, 7).tobytes()
+    ds.save_as(tmp_path / "flat.dcm")
+    image = LoadGreyImaged("image")({"image": tmp_path / "flat.dcm"})["image"]
+    assert image.shape == (1, ds.Rows, ds.Columns) and float(image.abs().max()) == 0.0
+
+
+def test_dicom_palette_ultrasound_to_luminance() -> None:
+    import pydicom
+    from pydicom.pixels import apply_color_lut
+
+    ds = pydicom.dcmread(_dicom("examples_palette.dcm"))
+    assert ds.PhotometricInterpretation == "PALETTE COLOR"
+    rgb = apply_color_lut(ds.pixel_array, ds).astype(np.float64)
+    out = LoadGreyImaged("image")({"image": _dicom("examples_palette.dcm")})["image"]
+    _assert_grey(out, int(ds.Rows), int(ds.Columns))
+    np.testing.assert_allclose(out[0].numpy(), _unit(rgb @ [0.299, 0.587, 0.114]), atol=1e-5)
+
+
+def test_garbage_dicom_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "not a scan.dcm"
+    bad.write_bytes(b"DICM? no, just some bytes" * 10)
+    with pytest.raises(DatasetError, match="not a scan.dcm"):
+        LoadGreyImaged("image")({"image": bad})
+    odd = tmp_path / "notes.xyz"
+    odd.write_bytes(b"neither an image nor DICOM")
+    with pytest.raises(DatasetError, match="notes.xyz"):
+        LoadGreyImaged("image")({"image": str(odd)})
