@@ -43,7 +43,16 @@ def test_kermany_layout_trains_evaluates_and_predicts_real_xrays(kermany, need, 
 @pytest.mark.realdata
 def test_pneumoniamnist_official_test_split(need, tmp_path):
     npz = need("medmnist/pneumoniamnist.npz")
-    common = ["--runs_dir", str(tmp_path), "--run_name", "pm", "--dataset_format", "medmnist", "--dataset_dir", str(npz)]
+    common = [
+        "--runs_dir",
+        str(tmp_path),
+        "--run_name",
+        "pm",
+        "--dataset_format",
+        "medmnist",
+        "--dataset_dir",
+        str(npz),
+    ]
     run_bundle([TRAIN], *common, *FAST, "--image_size", "28", "--batch_size", "128")
     run_bundle([TRAIN, EVALUATE], *common, *FAST, "--image_size", "28", "--batch_size", "128")
     report = json.loads((tmp_path / "pm" / "test_metrics.json").read_text())
