@@ -163,6 +163,23 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def finish_demo_set(out: Path, marker_name: str, params: dict, readme: str) -> None:
+    """Write the README, then the parameter marker last: a set without its marker counts as incomplete."""
+    (out / README_NAME).write_text(readme.format(params=", ".join(f"{k}={v}" for k, v in params.items())))
+    tmp = out / f"{marker_name}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(params, sort_keys=True))
+    os.replace(tmp, out / marker_name)
+
+
+def demo_set_is_current(out: Path, marker_name: str, params: dict, expected: list[Path]) -> bool:
+    """Whether `out` holds a complete set made with `params` (one JSON read and one stat per file)."""
+    try:
+        recorded = json.loads((out / marker_name).read_text())
+    except (OSError, ValueError):
+        return False
+    return recorded == params and all(p.is_file() for p in expected)
+
+
 def make_synthetic_busi(
     out_dir: str | os.PathLike[str], n_per_class: int = 24, image_size: int = 128, seed: int = 0
 ) -> Path:
@@ -190,10 +207,7 @@ def make_synthetic_busi(
             image, mask = synthetic_busi_image(name, image_size, rng)
             _save_png(image, folder / f"{name} ({i}).png")
             _save_png(mask, folder / f"{name} ({i})_mask.png")
-    (out / README_NAME).write_text(_README.format(params=", ".join(f"{k}={v}" for k, v in params.items())))
-    tmp = out / f"{MARKER_NAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(params, sort_keys=True))
-    os.replace(tmp, out / MARKER_NAME)
+    finish_demo_set(out, MARKER_NAME, params, _README)
     return out
 
 
@@ -206,10 +220,6 @@ def ensure_synthetic_busi(
     """
     out = Path(out_dir)
     params = _params(n_per_class, image_size, seed)
-    try:
-        recorded = json.loads((out / MARKER_NAME).read_text())
-    except (OSError, ValueError):
-        recorded = None
-    if recorded != params or not all(p.is_file() for p in _expected_files(out, n_per_class)):
+    if not demo_set_is_current(out, MARKER_NAME, params, _expected_files(out, n_per_class)):
         make_synthetic_busi(out, n_per_class=n_per_class, image_size=image_size, seed=seed)
     return str(out)

@@ -8,7 +8,6 @@ exactly the same reader (:func:`medtransfer.data.imagefolder.image_folder_split`
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,11 +16,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from medtransfer.data.synthetic import README_NAME, demo_set_is_current, finish_demo_set
+
 KERMANY_CLASSES = ("NORMAL", "PNEUMONIA")
 KERMANY_SPLITS = ("train", "val", "test")
 SYNTHETIC_VERSION = 1
 MARKER_NAME = ".synthetic_kermany.json"
-README_NAME = "SYNTHETIC_README.txt"
 _JPEG_QUALITY = 92
 _README = """SYNTHETIC demo data - NOT medical data.
 
@@ -216,10 +216,7 @@ def make_synthetic_kermany(
     for split, class_name, name, rng, kind in _cases(counts, seed):
         image, _ = synthetic_cxr_image(class_name, image_size, rng, kind)
         _save_jpeg(image, out / split / class_name / name)
-    (out / README_NAME).write_text(_README.format(params=", ".join(f"{k}={v}" for k, v in params.items())))
-    tmp = out / f"{MARKER_NAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(params, sort_keys=True))
-    os.replace(tmp, out / MARKER_NAME)
+    finish_demo_set(out, MARKER_NAME, params, _README)
     return out
 
 
@@ -237,10 +234,6 @@ def ensure_synthetic_kermany(
     counts = _check(n_per_class, image_size)
     out = Path(out_dir)
     params = _params(counts, image_size, seed)
-    try:
-        recorded = json.loads((out / MARKER_NAME).read_text())
-    except (OSError, ValueError):
-        recorded = None
-    if recorded != params or not all(p.is_file() for p in _expected_files(out, counts, seed)):
+    if not demo_set_is_current(out, MARKER_NAME, params, _expected_files(out, counts, seed)):
         make_synthetic_kermany(out, n_per_class=counts, image_size=image_size, seed=seed)
     return str(out)
