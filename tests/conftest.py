@@ -57,3 +57,13 @@ def run_bundle(configs: list, *overrides: str, check: bool = True) -> subprocess
 def demo_dir(tmp_path_factory) -> Path:
     """A small synthetic BUSI-layout set (10 images per class) for fast bundle runs."""
     return make_synthetic_busi(tmp_path_factory.mktemp("data") / "synthetic_busi_demo", n_per_class=10, image_size=64)
+
+
+def train_then_evaluate(configs_dir: Path, runs_dir: Path, run_name: str, *overrides: str) -> dict:
+    """Train a bundle (FAST settings unless overridden), evaluate the run, return its test_metrics.json."""
+    import json
+
+    common = ["--runs_dir", str(runs_dir), "--run_name", run_name, *FAST, *overrides]
+    run_bundle([configs_dir / "train.json"], *common)
+    run_bundle([configs_dir / "train.json", configs_dir / "evaluate.json"], *common)
+    return json.loads((runs_dir / run_name / "test_metrics.json").read_text())

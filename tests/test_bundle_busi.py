@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BUSI_CONFIGS, FAST, run_bundle
+from conftest import BUSI_CONFIGS, FAST, run_bundle, train_then_evaluate
 
 TRAIN, EVALUATE, INFERENCE = (str(BUSI_CONFIGS / f"{n}.json") for n in ("train", "evaluate", "inference"))
 
@@ -108,13 +108,10 @@ def test_bundle_properties(trained, demo_dir, tmp_path):
 
 @pytest.mark.realdata
 def test_real_busi_trains_and_evaluates(need, tmp_path):
-    busi = need("busi")
-    common = ["--runs_dir", str(tmp_path), "--run_name", "busi", "--dataset_dir", str(busi), *FAST]
-    run_bundle([TRAIN], *common)
-    run_bundle([TRAIN, EVALUATE], *common)
     from medtransfer.data.classification import classification_datalist
 
-    report = json.loads((tmp_path / "busi" / "test_metrics.json").read_text())
+    busi = need("busi")
+    report = train_then_evaluate(BUSI_CONFIGS, tmp_path, "busi", "--dataset_dir", str(busi))
     test = classification_datalist(busi, "busi", "test")
     assert report["n"] == len(test) and {r["label"] for r in test} == {0, 1, 2}
     assert report["dataset_dir"] == str(busi)
@@ -123,17 +120,7 @@ def test_real_busi_trains_and_evaluates(need, tmp_path):
 @pytest.mark.realdata
 def test_real_breastmnist_uses_the_official_test_split(need, tmp_path):
     npz = need("medmnist/breastmnist.npz")
-    common = [
-        "--runs_dir",
-        str(tmp_path),
-        "--run_name",
-        "bm",
-        "--dataset_format",
-        "medmnist",
-        "--dataset_dir",
-        str(npz),
-    ]
-    run_bundle([TRAIN], *common, *FAST)
-    run_bundle([TRAIN, EVALUATE], *common, *FAST)
-    report = json.loads((tmp_path / "bm" / "test_metrics.json").read_text())
+    report = train_then_evaluate(
+        BUSI_CONFIGS, tmp_path, "bm", "--dataset_format", "medmnist", "--dataset_dir", str(npz)
+    )
     assert report["n"] == 156 and report["class_names"] == ["malignant", "normal_benign"]

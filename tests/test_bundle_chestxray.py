@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, REPO, STRATEGIES, run_bundle
+from conftest import FAST, REPO, STRATEGIES, run_bundle, train_then_evaluate
 
 from medtransfer.data import make_synthetic_kermany
 
@@ -43,17 +43,6 @@ def test_kermany_layout_trains_evaluates_and_predicts_real_xrays(kermany, need, 
 @pytest.mark.realdata
 def test_pneumoniamnist_official_test_split(need, tmp_path):
     npz = need("medmnist/pneumoniamnist.npz")
-    common = [
-        "--runs_dir",
-        str(tmp_path),
-        "--run_name",
-        "pm",
-        "--dataset_format",
-        "medmnist",
-        "--dataset_dir",
-        str(npz),
-    ]
-    run_bundle([TRAIN], *common, *FAST, "--image_size", "28", "--batch_size", "128")
-    run_bundle([TRAIN, EVALUATE], *common, *FAST, "--image_size", "28", "--batch_size", "128")
-    report = json.loads((tmp_path / "pm" / "test_metrics.json").read_text())
+    medmnist = ["--dataset_format", "medmnist", "--dataset_dir", str(npz), "--image_size", "28", "--batch_size", "128"]
+    report = train_then_evaluate(CONFIGS, tmp_path, "pm", *medmnist)
     assert report["n"] == 624 and report["class_names"] == ["normal", "pneumonia"]
