@@ -8,6 +8,7 @@ classes differs, so head tensors of another shape are dropped and keep their fre
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ CLASSIFIERS = ("resnet18", "resnet34", "resnet50", "densenet121", "vit_b_16", "v
 _STATE_DICT_KEYS = ("state_dict", "model", "network", "model_state_dict", "net", "backbone")
 # Prefixes that wrappers (DataParallel, Lightning modules, SSL encoders) put in front of parameter names.
 _KEY_PREFIXES = ("", "module.", "model.", "backbone.", "encoder.", "encoder_q.", "net.")
+KEY_MAPS = ("name", "order")
+# Projection heads and classifiers that self-supervised checkpoints (e.g. USCL's l1/l2 MLP) keep after the backbone.
+_NON_BACKBONE = re.compile(
+    r"^(?:(?:module|model|backbone|encoder|features|net)\.)?(?:l\d+|fc|classifier|heads?|projector|projection|predictor)\."
+)
 # Buffers that carry no learned state; a checkpoint may omit them.
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
@@ -52,6 +58,7 @@ def build_classifier(
     arch: str = "resnet18",
     num_classes: int = 2,
     pretrained_ckpt: str | Path | None = None,
+    pretrained_key_map: str = "name",
 ) -> nn.Module:
     """A torchvision classifier with a `num_classes` head, optionally initialised from a local checkpoint.
 
@@ -68,7 +75,7 @@ def build_classifier(
     else:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(CLASSIFIERS)}")
     if pretrained_ckpt:
-        report = load_pretrained(model, pretrained_ckpt)
+        report = load_pretrained(model, pretrained_ckpt, key_map=pretrained_key_map)
         logger.info(report.summary())
     return model
 
@@ -103,19 +110,29 @@ def _is_state_dict(obj: Mapping) -> bool:
     return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True, key_map: str = "name") -> LoadReport:
     """Load a local checkpoint into `model`, replacing the head when its shape differs.
 
-    The wrapper prefix (``module.``, ``backbone.``, ...) that matches most model keys is stripped. Keys the model does
-    not have are ignored and reported (e.g. an SSL projection head). With `strict`, every non-head tensor of the model
-    must be present with the same shape; otherwise a CheckpointError names the file, the key and both shapes.
+    ``key_map="name"``: the wrapper prefix (``module.``, ``backbone.``, ...) that matches most model keys is stripped.
+    ``key_map="order"``: for checkpoints whose backbone has other names (e.g. USCL's ``features.N`` ResNet-18), the
+    projection-head/classifier keys are dropped and the remaining tensors are paired with the model's non-head tensors
+    in order, every pair checked for shape. Keys the model does not have are ignored and reported. With `strict`,
+    every non-head tensor of the model must be present with the same shape; otherwise a CheckpointError names the
+    file, the key and both shapes.
     """
+    if key_map not in KEY_MAPS:
+        raise ValueError(f"key_map must be one of {KEY_MAPS}, got {key_map!r}")
     source = read_state_dict(path)
     target = model.state_dict()
+    dropped: list[str] = []
+    if key_map == "order":
+        source, dropped = _map_by_order(source, target, _head_keys(model), path)
     prefix = max(_KEY_PREFIXES, key=lambda p: sum(k[len(p) :] in target for k in source if k.startswith(p)))
     state = {k[len(prefix) :]: v for k, v in source.items() if k.startswith(prefix)}
     head = _head_keys(model)
-    report = LoadReport(path=str(path), prefix=prefix, ignored=[k for k in source if not k.startswith(prefix)])
+    report = LoadReport(
+        path=str(path), prefix=prefix, ignored=dropped + [k for k in source if not k.startswith(prefix)]
+    )
     to_load: dict[str, torch.Tensor] = {}
     mismatched: list[str] = []
     for key, value in state.items():
@@ -134,16 +151,40 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True) -> 
             f"checkpoint {path} does not fit the model: {len(mismatched)} tensors have other shapes, e.g. "
             f"{'; '.join(mismatched[:3])}. Check --arch matches the architecture the checkpoint was trained with"
         )
+    if not to_load:
+        raise CheckpointError(
+            f"checkpoint {path} shares no tensor names with the model; check --arch, or pass "
+            "--pretrained_key_map order for a backbone saved under other names (e.g. USCL)"
+        )
     if strict and missing:
         raise CheckpointError(
             f"checkpoint {path} lacks {len(missing)} of the model's tensors, e.g. {missing[:3]} "
             f"(after stripping prefix {prefix!r}). Check --arch, or that this is a full backbone checkpoint"
         )
-    if not to_load:
-        raise CheckpointError(f"checkpoint {path} shares no tensor names with the model; check --arch")
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     return report
+
+
+def _map_by_order(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], head: set[str], path: str | Path
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename the checkpoint's backbone tensors to the model's non-head keys, position by position."""
+    dropped = [k for k in source if _NON_BACKBONE.match(k)]
+    backbone = [(k, v) for k, v in source.items() if k not in dropped]
+    names = [k for k in target if k not in head]
+    if len(backbone) != len(names):
+        raise CheckpointError(
+            f"checkpoint {path} has {len(backbone)} backbone tensors (after dropping {len(dropped)} head keys) but the "
+            f"model has {len(names)}; --pretrained_key_map order needs the same architecture, check --arch"
+        )
+    for (key, value), name in zip(backbone, names, strict=True):
+        if value.shape != target[name].shape:
+            raise CheckpointError(
+                f"checkpoint {path}: tensor {key} {tuple(value.shape)} would map to {name} {tuple(target[name].shape)}; "
+                "the order of tensors differs from the model's, check --arch"
+            )
+    return {name: value for (_, value), name in zip(backbone, names, strict=True)}, dropped
 
 
 def _head_keys(model: nn.Module) -> set[str]:

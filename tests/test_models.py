@@ -97,3 +97,30 @@ def test_unreadable_and_missing_files(tmp_path):
 def test_unknown_arch():
     with pytest.raises(ValueError, match="resnet18"):
         build_classifier("alexnet9000")
+
+
+def test_uscl_style_checkpoint_maps_by_order(imagenet_like, tmp_path):
+    """A backbone saved under other names (USCL: ``features.N`` + an l1/l2 projection MLP) loads with key_map=order."""
+    source = torch.load(imagenet_like, weights_only=True)
+    features = torch.nn.Sequential(*list(torchvision.models.resnet18(weights=None).children())[:-1])
+    renamed = dict(
+        zip(
+            (f"features.{k}" for k in features.state_dict()),
+            (v for k, v in source.items() if not k.startswith("fc.")),
+            strict=True,
+        )
+    )
+    renamed |= {"l1.weight": torch.zeros(512, 512), "l1.bias": torch.zeros(512), "l2.weight": torch.zeros(256, 512)}
+    path = tmp_path / "uscl_like.pth"
+    torch.save(renamed, path)
+    with pytest.raises(CheckpointError, match="pretrained_key_map order"):
+        build_classifier("resnet18", num_classes=3, pretrained_ckpt=path)
+    model = build_classifier("resnet18", num_classes=3, pretrained_ckpt=path, pretrained_key_map="order")
+    for key in ("conv1.weight", "layer2.0.downsample.1.running_var", "layer4.1.bn2.bias"):
+        assert torch.equal(model.state_dict()[key], source[key]), key
+    report = load_pretrained(build_classifier("resnet18", num_classes=3), path, key_map="order")
+    assert sorted(report.ignored) == ["l1.bias", "l1.weight", "l2.weight"]
+    short = tmp_path / "resnet34_features.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), short)
+    with pytest.raises(CheckpointError, match="backbone tensors"):
+        load_pretrained(build_classifier("resnet18", num_classes=3), short, key_map="order")
