@@ -11,7 +11,6 @@ import csv
 import io
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from monai.data.utils import set_rnd
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import set_determinism
 
+from medtransfer.atomic import write_text_atomic
 from medtransfer.metrics import classification_report
 from medtransfer.report import plot_confusion_matrix, plot_history, save_json
 from medtransfer.runs import latest_checkpoint
@@ -39,12 +39,6 @@ def _label_index(label) -> int:
     """A class index from an int, a 0-d tensor or a one-hot vector."""
     t = torch.as_tensor(label)
     return int(t.argmax()) if t.numel() > 1 else int(t.reshape(()))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class ClassificationMetric(Metric):
@@ -147,7 +141,7 @@ class ClassificationReport:
         for src, p, y in zip(self.sources, probs, self.labels, strict=True):
             row = [src, *[f"{v:.6f}" for v in p], self.class_names[int(p.argmax())]]
             writer.writerow(row + ([self.class_names[y]] if has_labels else []))
-        _write_text_atomic(self.output_dir / f"{self.prefix}_predictions.csv", buf.getvalue())
+        write_text_atomic(self.output_dir / f"{self.prefix}_predictions.csv", buf.getvalue())
         if not has_labels:
             logger.info(
                 f"wrote {len(self.sources)} predictions to {self.output_dir / f'{self.prefix}_predictions.csv'}"
@@ -232,7 +226,7 @@ class TrainingHistory:
         writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.rows)
-        _write_text_atomic(self.output_dir / "history.csv", buf.getvalue())
+        write_text_atomic(self.output_dir / "history.csv", buf.getvalue())
         plot_history([{k: v for k, v in r.items() if k != "lr"} for r in self.rows], self.output_dir / "history.png")
 
 
@@ -446,7 +440,7 @@ class LRRecorder:
         writer.writerow(["iteration", *names])
         for i, row in enumerate(self.metalr.history, start=1):
             writer.writerow([i, *(f"{v:.8g}" for v in row)])
-        _write_text_atomic(self.output_dir / "lr_history.csv", buf.getvalue())
+        write_text_atomic(self.output_dir / "lr_history.csv", buf.getvalue())
         if self.metalr.history:
             plot_lr_curves(
                 self.metalr.history, [g.label for g in self.metalr.groups], self.output_dir / "lr_curves.png"

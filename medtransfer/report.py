@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .atomic import write_text_atomic
 from .errors import MedTransferError
 from .metrics import mean_std
 
@@ -60,23 +59,8 @@ def save_json(obj: Any, path: Path | str) -> Path:
     NaN is written as the bare token ``NaN`` (Python's json reads it back) because undefined metrics
     such as single-class AUC are legitimate results.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, allow_nan=True, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    text = json.dumps(obj, indent=2, allow_nan=True, default=_json_default) + "\n"
+    return write_text_atomic(path, text)
 
 
 def _save_figure(fig: Figure, path: Path | str) -> Path:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from medtransfer.atomic import write_text_atomic
 from medtransfer.errors import RunDirectoryError
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
@@ -118,9 +118,7 @@ def write_run_info(run_dir: str | Path, settings: dict | None = None) -> dict:
     if path.exists():  # a resumed run keeps the history of how it was started
         previous = json.loads(path.read_text())
         info["previous"] = previous.get("previous", []) + [{k: v for k, v in previous.items() if k != "previous"}]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(info, indent=2))
     return info
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 from PIL import Image
 
+from medtransfer.data.imagefolder import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
 from medtransfer.errors import DatasetError
 
 BUSI_CLASSES = ("benign", "malignant", "normal")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # "benign (4).png" -> stem "benign (4)", index 4. Checked after the mask pattern, so masks never match.
 _IMAGE_RE = re.compile(r"^(?P<stem>.+ \((?P<index>\d+)\))(?P<ext>\.[A-Za-z]+)$")
 # "benign (4)_mask.png" -> stem "benign (4)", k None; "benign (4)_mask_1.png" -> k 1.

@@ -10,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from medtransfer.data.busi import BUSI_CLASSES, read_busi
-from medtransfer.data.imagefolder import folder_classes, image_folder_split
+from medtransfer.data.imagefolder import IMAGE_SUFFIXES, folder_classes, image_folder_split
 from medtransfer.data.medmnist import medmnist_records
 from medtransfer.data.splits import stratified_split
 from medtransfer.errors import DatasetError
 
 FORMATS = ("busi", "medmnist", "imagefolder")
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # Class names of the MedMNIST files this project uses, in label order (MedMNIST v2 `INFO`).
 MEDMNIST_CLASSES = {

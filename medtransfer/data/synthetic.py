@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from medtransfer.atomic import write_text_atomic
 from medtransfer.data.busi import BUSI_CLASSES
 
 SYNTHETIC_VERSION = 1
@@ -166,9 +167,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 def finish_demo_set(out: Path, marker_name: str, params: dict, readme: str) -> None:
     """Write the README, then the parameter marker last: a set without its marker counts as incomplete."""
     (out / README_NAME).write_text(readme.format(params=", ".join(f"{k}={v}" for k, v in params.items())))
-    tmp = out / f"{marker_name}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(params, sort_keys=True))
-    os.replace(tmp, out / marker_name)
+    write_text_atomic(out / marker_name, json.dumps(params, sort_keys=True))
 
 
 def demo_set_is_current(out: Path, marker_name: str, params: dict, expected: list[Path]) -> bool:
