@@ -157,10 +157,10 @@ def _expected_files(out: Path, n_per_class: int) -> list[Path]:
     return files
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    """Write via a temporary name then rename, so a concurrent reader never sees half a PNG."""
+def save_grey_image(array: np.ndarray, path: Path, image_format: str = "PNG", **options) -> None:
+    """Write an 8-bit grey image via a temporary name then rename, so a concurrent reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(array, mode="L").save(tmp, format="PNG")
+    Image.fromarray(array, mode="L").save(tmp, format=image_format, **options)
     os.replace(tmp, path)
 
 
@@ -204,8 +204,8 @@ def make_synthetic_busi(
         for i in range(1, n_per_class + 1):
             rng = np.random.default_rng([seed, c, i])
             image, mask = synthetic_busi_image(name, image_size, rng)
-            _save_png(image, folder / f"{name} ({i}).png")
-            _save_png(mask, folder / f"{name} ({i})_mask.png")
+            save_grey_image(image, folder / f"{name} ({i}).png")
+            save_grey_image(mask, folder / f"{name} ({i})_mask.png")
     finish_demo_set(out, MARKER_NAME, params, _README)
     return out
 

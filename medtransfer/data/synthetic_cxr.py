@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from medtransfer.data.synthetic import README_NAME, demo_set_is_current, finish_demo_set
+from medtransfer.data.synthetic import README_NAME, demo_set_is_current, finish_demo_set, save_grey_image
 
 KERMANY_CLASSES = ("NORMAL", "PNEUMONIA")
 KERMANY_SPLITS = ("train", "val", "test")
@@ -181,13 +180,6 @@ def _expected_files(out: Path, n_per_class: tuple[int, int, int], seed: int) -> 
     return [out / README_NAME] + [out / split / cls / name for split, cls, name, _, _ in _cases(n_per_class, seed)]
 
 
-def _save_jpeg(array: np.ndarray, path: Path) -> None:
-    """Write via a temporary name then rename, so a concurrent reader never sees half a JPEG."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(array, mode="L").save(tmp, format="JPEG", quality=_JPEG_QUALITY)
-    os.replace(tmp, path)
-
-
 def make_synthetic_kermany(
     out_dir: str | os.PathLike[str],
     n_per_class: Sequence[int] = (40, 8, 12),
@@ -215,7 +207,7 @@ def make_synthetic_kermany(
                     old.unlink()
     for split, class_name, name, rng, kind in _cases(counts, seed):
         image, _ = synthetic_cxr_image(class_name, image_size, rng, kind)
-        _save_jpeg(image, out / split / class_name / name)
+        save_grey_image(image, out / split / class_name / name, "JPEG", quality=_JPEG_QUALITY)
     finish_demo_set(out, MARKER_NAME, params, _README)
     return out
 
