@@ -35,6 +35,11 @@ def _as_rows(output) -> list[Mapping]:
     return list(output) if isinstance(output, (list, tuple)) else [output]
 
 
+def _probabilities(pred) -> np.ndarray:
+    """One sample's class probabilities as a flat float numpy vector."""
+    return torch.as_tensor(pred).detach().float().cpu().reshape(-1).numpy()
+
+
 def _label_index(label) -> int:
     """A class index from an int, a 0-d tensor or a one-hot vector."""
     t = torch.as_tensor(label)
@@ -62,7 +67,7 @@ class ClassificationMetric(Metric):
     def update(self, output) -> None:
         preds, labels = output
         for p, y in zip(preds, labels, strict=True):
-            self._probs.append(torch.as_tensor(p).detach().float().cpu().reshape(-1).numpy())
+            self._probs.append(_probabilities(p))
             self._labels.append(_label_index(y))
 
     def compute(self) -> float:
@@ -120,7 +125,7 @@ class ClassificationReport:
     def _collect(self, engine: Engine) -> None:
         outputs, batch = _as_rows(engine.state.output), _as_rows(engine.state.batch)
         for out, item in zip(outputs, batch, strict=True):
-            self.probs.append(torch.as_tensor(out["pred"]).detach().float().cpu().reshape(-1).numpy())
+            self.probs.append(_probabilities(out["pred"]))
             label = out.get("label", item.get("label"))
             self.labels.append(None if label is None else _label_index(label))
             self.sources.append(str(item.get(f"{self.image_key}_path", item.get("id", len(self.sources)))))
