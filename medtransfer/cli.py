@@ -40,6 +40,34 @@ def _summarize(args: argparse.Namespace) -> None:
         print(f"saved {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 
 
+def _cv(args: argparse.Namespace) -> None:
+    import logging
+
+    from medtransfer.cv import parse_overrides, run_cross_validation
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    run_cross_validation(
+        args.bundle,
+        folds=args.folds,
+        config_files=args.config,
+        overrides=parse_overrides(args.overrides),
+        runs_dir=args.runs_dir,
+        name=args.name,
+        resume=args.resume,
+        only_folds=args.fold,
+    )
+
+
+def _pocus_frames(args: argparse.Namespace) -> None:
+    from medtransfer.data.pocus_datalist import extract_pocus_frames
+
+    out = extract_pocus_frames(
+        args.dataset_dir, args.out_dir, num_folds=args.folds, seed=args.seed, probe=args.probe, fps=args.fps,
+        max_frames=args.max_frames, image_size=args.image_size,
+    )  # fmt: skip
+    print(f"wrote patient-grouped folds of frames to {out} (read them with --dataset_format pocus_frames)")
+
+
 def _data_root(args: argparse.Namespace) -> None:
     from medtransfer.data.paths import DATA_ENV, data_root
 
@@ -72,13 +100,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also save OUT.md and OUT.json")
     p.set_defaults(func=_summarize)
 
+    p = sub.add_parser(
+        "cv",
+        help="k-fold cross-validation of a bundle: train + evaluate every test fold, pool the confusion matrices",
+        epilog="Further --key value pairs are bundle overrides, e.g. --epochs 20 --dataset_dir ../shared/data/pocus",
+        allow_abbrev=False,
+    )
+    p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/pocus_classification")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--config", action="append", default=[], help="config fragment merged after train.json (repeat)")
+    p.add_argument("--name", default=None, help="cross-validation folder name (default cv_<timestamp>)")
+    p.add_argument("--runs-dir", default=None, help="parent folder (default runs/<bundle name>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted cross-validation (--name)")
+    p.add_argument("--fold", type=int, action="append", default=None, help="run only this fold now (repeat)")
+    p.set_defaults(func=_cv)
+
+    p = sub.add_parser("pocus-frames", help="decode POCUS clips into patient-grouped fold folders of PNG frames")
+    p.add_argument("dataset_dir", help="folder holding pocus_videos/")
+    p.add_argument("out_dir", help="new folder: <out>/fold<i>/<class>/<clip>_<frame>.png")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe", default="convex", choices=("convex", "linear", "all"))
+    p.add_argument("--fps", type=float, default=3.0)
+    p.add_argument("--max-frames", type=int, default=30)
+    p.add_argument("--image-size", type=int, default=None, help="resize frames to this square size (default: keep)")
+    p.set_defaults(func=_pocus_frames)
+
     p = sub.add_parser("data-root", help="where the real data is looked for")
     p.set_defaults(func=_data_root)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "cv":
+        args.overrides = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from medtransfer.errors import MedTransferError
 
     try:

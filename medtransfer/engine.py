@@ -46,6 +46,25 @@ def _label_index(label) -> int:
     return int(t.argmax()) if t.numel() > 1 else int(t.reshape(()))
 
 
+def _group_mean(groups: Sequence[str], probs: np.ndarray, labels: Sequence[int | None]):
+    """Per group (first-seen order): its name, the mean of its samples' probabilities, and its label.
+
+    A group whose samples disagree on the label is a data error (a clip has one diagnosis).
+    """
+    order: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        order.setdefault(g, []).append(i)
+    names, means, group_labels = [], [], []
+    for g, idx in order.items():
+        found = {labels[i] for i in idx}
+        if len(found) > 1:
+            raise ValueError(f"group {g!r} has samples with different labels {sorted(map(str, found))}")
+        names.append(g)
+        means.append(probs[idx].mean(axis=0))
+        group_labels.append(found.pop())
+    return names, np.stack(means), group_labels
+
+
 class ClassificationMetric(Metric):
     """An Ignite metric over softmax outputs computed by `medtransfer.metrics` (one definition of AUC everywhere).
 
@@ -96,6 +115,10 @@ class ClassificationReport:
     when labels are present also ``{prefix}_metrics.json`` (accuracy, AUC, macro-F1, per-class precision/recall,
     confusion matrix, plus `extra` such as the seed) and ``{prefix}_confusion_matrix.png``. Used by evaluation (with
     labels) and by inference (without).
+
+    With ``group_key`` (e.g. ``"clip"`` for video frames) it also writes the same report one level up,
+    ``{prefix}_{group_key}_predictions.csv`` / ``_metrics.json`` / ``_confusion_matrix.png``: each group's
+    prediction is the mean of its samples' probabilities, the clinically meaningful unit for a video.
     """
 
     def __init__(
@@ -105,12 +128,14 @@ class ClassificationReport:
         prefix: str = "test",
         image_key: str = "image",
         extra: dict | None = None,
+        group_key: str | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
         self.prefix = prefix
         self.image_key = image_key
         self.extra = dict(extra or {})
+        self.group_key = group_key
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -121,6 +146,7 @@ class ClassificationReport:
         self.probs: list[np.ndarray] = []
         self.labels: list[int | None] = []
         self.sources: list[str] = []
+        self.groups: list[str] = []
 
     def _collect(self, engine: Engine) -> None:
         outputs, batch = _as_rows(engine.state.output), _as_rows(engine.state.batch)
@@ -129,6 +155,10 @@ class ClassificationReport:
             label = out.get("label", item.get("label"))
             self.labels.append(None if label is None else _label_index(label))
             self.sources.append(str(item.get(f"{self.image_key}_path", item.get("id", len(self.sources)))))
+            if self.group_key is not None:
+                if self.group_key not in item:
+                    raise KeyError(f"ClassificationReport(group_key={self.group_key!r}): the data has no such key")
+                self.groups.append(str(item[self.group_key]))
 
     def _write(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -137,35 +167,40 @@ class ClassificationReport:
             raise ValueError(
                 f"the network gives {probs.shape[1]} outputs but there are {len(self.class_names)} classes"
             )
-        has_labels = all(label is not None for label in self.labels)
+        self.report = self._write_level(self.prefix, self.sources, probs, self.labels)
+        if self.group_key is not None:
+            names, group_probs, group_labels = _group_mean(self.groups, probs, self.labels)
+            self.group_report = self._write_level(f"{self.prefix}_{self.group_key}", names, group_probs, group_labels)
+
+    def _write_level(self, prefix: str, sources: list[str], probs: np.ndarray, labels: list) -> dict | None:
+        """Predictions CSV, and with labels the metrics JSON and confusion-matrix PNG, of one level."""
+        has_labels = all(label is not None for label in labels)
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(
             ["source", *[f"p_{c}" for c in self.class_names], "predicted", *(["label"] if has_labels else [])]
         )
-        for src, p, y in zip(self.sources, probs, self.labels, strict=True):
+        for src, p, y in zip(sources, probs, labels, strict=True):
             row = [src, *[f"{v:.6f}" for v in p], self.class_names[int(p.argmax())]]
             writer.writerow(row + ([self.class_names[y]] if has_labels else []))
-        write_text_atomic(self.output_dir / f"{self.prefix}_predictions.csv", buf.getvalue())
+        write_text_atomic(self.output_dir / f"{prefix}_predictions.csv", buf.getvalue())
         if not has_labels:
-            logger.info(
-                f"wrote {len(self.sources)} predictions to {self.output_dir / f'{self.prefix}_predictions.csv'}"
-            )
-            return
-        report = classification_report(probs, np.asarray(self.labels), self.class_names)
+            logger.info(f"wrote {len(sources)} predictions to {self.output_dir / f'{prefix}_predictions.csv'}")
+            return None
+        report = classification_report(probs, np.asarray(labels), self.class_names)
         report.update(self.extra)
-        save_json(report, self.output_dir / f"{self.prefix}_metrics.json")
+        save_json(report, self.output_dir / f"{prefix}_metrics.json")
         plot_confusion_matrix(
             np.asarray(report["confusion_matrix"]),
             self.class_names,
-            self.output_dir / f"{self.prefix}_confusion_matrix.png",
-            title=f"{self.prefix}: accuracy {report['accuracy']:.3f}, AUC {report['auc']:.3f} (n={report['n']})",
+            self.output_dir / f"{prefix}_confusion_matrix.png",
+            title=f"{prefix}: accuracy {report['accuracy']:.3f}, AUC {report['auc']:.3f} (n={report['n']})",
         )
-        self.report = report
         logger.info(
-            f"{self.prefix}: n={report['n']} accuracy={report['accuracy']:.4f} auc={report['auc']:.4f} "
+            f"{prefix}: n={report['n']} accuracy={report['accuracy']:.4f} auc={report['auc']:.4f} "
             f"macro_f1={report['macro_f1']:.4f} -> {self.output_dir}"
         )
+        return report
 
 
 class TrainingHistory:

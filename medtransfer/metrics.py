@@ -153,42 +153,52 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, class_names: Se
         raise ValueError("probs contain NaN or infinite values")
     _check_range(y, c, "labels")
 
-    preds = p.argmax(axis=1)
-    cm = confusion_matrix(y, preds, c)
-    tp = np.diag(cm)
-    support = cm.sum(axis=1)  # true count per class
-    predicted = cm.sum(axis=0)  # predicted count per class
-
-    per_class: dict[str, dict] = {}
-    f1s: list[float] = []
-    aucs: list[float] = []
+    report = confusion_report(confusion_matrix(y, p.argmax(axis=1), c), names)
+    aucs = []
     for k, name in enumerate(names):
-        precision = _safe_div(tp[k], predicted[k])
-        recall = _safe_div(tp[k], support[k])
-        # 2TP / (2TP + FP + FN) equals 2PR / (P + R) whenever both are defined and is 0 otherwise.
-        f1 = _safe_div(2 * tp[k], support[k] + predicted[k])
-        auc_k = roc_auc(p[:, k], y == k)
-        per_class[name] = {
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "support": int(support[k]),
-            "auc": auc_k,
-        }
-        if support[k] or predicted[k]:
-            f1s.append(f1)
-        aucs.append(auc_k)
-
+        report["per_class"][name]["auc"] = roc_auc(p[:, k], y == k)
+        aucs.append(report["per_class"][name]["auc"])
     if c == 2:
         auc = aucs[1]
     else:
         defined = [a for a in aucs if not math.isnan(a)]
         auc = float(np.mean(defined)) if defined else float("nan")
+    return {"n": report["n"], "accuracy": report["accuracy"], "auc": float(auc), **report}
 
+
+def confusion_report(cm: np.ndarray | Sequence[Sequence[int]], class_names: Sequence[str]) -> dict:
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support from a confusion matrix (rows = true class).
+
+    Separate from :func:`classification_report` because cross-validation pools folds by summing their confusion
+    matrices (the paper's table), where no probabilities remain. Same conventions: 0 for an empty denominator,
+    macro-F1 over classes that occur in the labels or the predictions.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    names = [str(c) for c in class_names]
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(names):
+        raise ValueError(f"confusion matrix must be {len(names)}x{len(names)} for classes {names}, got {cm.shape}")
+    n = int(cm.sum())
+    if n == 0:
+        raise ValueError("cannot report metrics on 0 samples")
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)  # true count per class
+    predicted = cm.sum(axis=0)  # predicted count per class
+    per_class: dict[str, dict] = {}
+    f1s: list[float] = []
+    for k, name in enumerate(names):
+        # 2TP / (2TP + FP + FN) equals 2PR / (P + R) whenever both are defined and is 0 otherwise.
+        f1 = _safe_div(2 * tp[k], support[k] + predicted[k])
+        per_class[name] = {
+            "precision": _safe_div(tp[k], predicted[k]),
+            "recall": _safe_div(tp[k], support[k]),
+            "f1": f1,
+            "support": int(support[k]),
+        }
+        if support[k] or predicted[k]:
+            f1s.append(f1)
     return {
-        "n": int(n),
+        "n": n,
         "accuracy": float(tp.sum() / n),
-        "auc": float(auc),
         "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),

@@ -72,24 +72,28 @@ def latest_run(runs_dir: str | Path, needs: str = "model.pt") -> str:
 def check_same_data(run_dir: str | Path, **settings) -> None:
     """Refuse to evaluate a run on a split that could overlap its training images.
 
-    The test split of a folder dataset is drawn with `split_seed`; evaluating the same folder with another seed would
-    score the model on images it trained on.
+    The test split is defined by every setting passed here besides ``dataset_dir`` (``split_seed``, and for
+    cross-validation ``fold``, ``num_folds``, ``probe``): evaluating the same data with another value would score
+    the model on images it trained on.
     """
     path = Path(run_dir) / "run_info.json"
     if not path.is_file():
         return
     trained = json.loads(path.read_text()).get("settings", {})
     same_data = str(trained.get("dataset_dir")) == str(settings.get("dataset_dir"))
-    if same_data and "split_seed" in trained and trained["split_seed"] != settings.get("split_seed"):
-        raise RunDirectoryError(
-            f"{run_dir} was trained with --split_seed {trained['split_seed']}; evaluating {settings.get('dataset_dir')} "
-            f"with --split_seed {settings.get('split_seed')} would test on training images. Pass --split_seed {trained['split_seed']}"
-        )
     if not same_data:
         import logging
 
         logging.getLogger(__name__).warning(
             f"{run_dir} was trained on {trained.get('dataset_dir')} but is evaluated on {settings.get('dataset_dir')}"
+        )
+        return
+    for key, value in settings.items():
+        if key in ("dataset_dir", "dataset_format") or key not in trained or trained[key] == value:
+            continue
+        raise RunDirectoryError(
+            f"{run_dir} was trained with --{key} {trained[key]}; evaluating {settings.get('dataset_dir')} "
+            f"with --{key} {value} would test on training images. Pass --{key} {trained[key]}"
         )
 
 
@@ -97,6 +101,12 @@ def latest_checkpoint(run_dir: str | Path) -> str | None:
     """The newest epoch checkpoint in a run directory, or None."""
     found = [(int(m.group(1)), p) for p in Path(run_dir).glob("*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))]
     return str(max(found)[1]) if found else None
+
+
+def checkpoint_epoch(run_dir: str | Path) -> int:
+    """The epoch of the newest epoch checkpoint in a run directory (0 when there is none)."""
+    path = latest_checkpoint(run_dir)
+    return int(CHECKPOINT_PATTERN.search(Path(path).name).group(1)) if path else 0
 
 
 def write_run_info(run_dir: str | Path, settings: dict | None = None) -> dict:

@@ -60,6 +60,52 @@ def grouped_stratified_kfold(
     return [sorted(f) for f in folds]
 
 
+def grouped_validation_split(
+    labels: Sequence[Any] | np.ndarray,
+    groups: Sequence[Hashable] | np.ndarray,
+    pool: Sequence[int],
+    val_fraction: float = 0.15,
+    seed: int = 0,
+) -> tuple[list[int], list[int]]:
+    """Split the sample indices ``pool`` into ``(train, val)`` by whole groups.
+
+    Groups of the pool (seeded order) go to validation until it holds about ``val_fraction`` of all
+    samples, first one group per class where the class has at least two groups in the pool (so
+    validation sees each class but training keeps it too). Used for checkpoint selection and MetaLR's
+    meta batches, which must never come from the test fold.
+    """
+    if not 0 <= val_fraction < 1:
+        raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    labels, members = _group_table(labels, groups)
+    pool_set = set(pool)
+    pool_groups = [g for g, idx in members.items() if idx[0] in pool_set]
+    rng = np.random.default_rng(seed)
+    pool_groups = [pool_groups[j] for j in rng.permutation(len(pool_groups))]
+    target = val_fraction * len(labels)
+    val_groups: list[Hashable] = []
+    if target > 0 and len(pool_groups) > 1:
+        by_class: dict[Any, list[Hashable]] = {}
+        for g in pool_groups:
+            by_class.setdefault(_majority(labels, members[g]), []).append(g)
+        for cls in sorted(by_class, key=repr):
+            candidates = sorted(by_class[cls], key=lambda g: len(members[g]))  # smallest first: stay near target
+            if len(candidates) >= 2:
+                val_groups.append(candidates[0])
+        n_val = sum(len(members[g]) for g in val_groups)
+        for g in pool_groups:
+            if n_val >= target or len(val_groups) >= len(pool_groups) - 1:
+                break
+            if g in val_groups:
+                continue
+            if abs(n_val + len(members[g]) - target) <= abs(target - n_val) or n_val == 0:
+                val_groups.append(g)
+                n_val += len(members[g])
+    val_set = set(val_groups)
+    val = sorted(i for g in val_groups for i in members[g])
+    train = sorted(i for g in pool_groups if g not in val_set for i in members[g])
+    return train, val
+
+
 def train_val_test_folds(
     labels: Sequence[Any] | np.ndarray,
     groups: Sequence[Hashable] | np.ndarray,
@@ -69,42 +115,17 @@ def train_val_test_folds(
     val_fraction: float = 0.15,
 ) -> dict[str, list[int]]:
     """``{"train", "val", "test"}`` -> sorted indices: test is fold ``test_fold`` of
-    :func:`grouped_stratified_kfold`; from the rest, whole groups (seeded order) go to validation
-    until it holds about ``val_fraction`` of all samples, first one group per class where the class
-    has at least two groups left (so validation sees each class but training keeps it too); the
-    remainder is training. No group is in two parts.
+    :func:`grouped_stratified_kfold`; the other folds are split by :func:`grouped_validation_split`
+    (seed + 1). No group is in two parts.
     """
     if not 0 <= test_fold < k:
         raise DatasetError(f"test_fold must be in [0, {k}), got {test_fold}")
     if not 0 <= val_fraction < 1:
         raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction}")
     folds = grouped_stratified_kfold(labels, groups, k=k, seed=seed)
-    labels, members = _group_table(labels, groups)
     test = folds[test_fold]
     test_set = set(test)
-    rest_groups = [g for g, idx in members.items() if idx[0] not in test_set]
-    rng = np.random.default_rng(seed + 1)
-    rest_groups = [rest_groups[j] for j in rng.permutation(len(rest_groups))]
-    target = val_fraction * len(labels)
-    val_groups: list[Hashable] = []
-    if target > 0 and len(rest_groups) > 1:
-        by_class: dict[Any, list[Hashable]] = {}
-        for g in rest_groups:
-            by_class.setdefault(_majority(labels, members[g]), []).append(g)
-        for cls in sorted(by_class, key=repr):
-            candidates = sorted(by_class[cls], key=lambda g: len(members[g]))  # smallest first: stay near target
-            if len(candidates) >= 2:
-                val_groups.append(candidates[0])
-        n_val = sum(len(members[g]) for g in val_groups)
-        for g in rest_groups:
-            if n_val >= target or len(val_groups) >= len(rest_groups) - 1:
-                break
-            if g in val_groups:
-                continue
-            if abs(n_val + len(members[g]) - target) <= abs(target - n_val) or n_val == 0:
-                val_groups.append(g)
-                n_val += len(members[g])
-    val_set = set(val_groups)
-    val = sorted(i for g in val_groups for i in members[g])
-    train = sorted(i for g in rest_groups if g not in val_set for i in members[g])
+    n = sum(len(f) for f in folds)
+    pool = [i for i in range(n) if i not in test_set]
+    train, val = grouped_validation_split(labels, groups, pool, val_fraction=val_fraction, seed=seed + 1)
     return {"train": train, "val": val, "test": list(test)}

@@ -6,7 +6,8 @@ Layout (as in the public POCUS data set)::
     root/pocus_images/{convex,linear}/<Prefix>_<rest>.{jpg,jpeg,png,bmp}
 
 Only files directly in a probe folder are read (sub-folders such as ``label_uncertain/`` are not).
-The class comes from the file-name prefix before the first ``_`` or ``-`` (see ``PREFIXES``).
+The class comes from the file-name prefix before the first ``_`` or ``-`` (see ``PREFIXES``). ``Vir`` (other viral
+pneumonia) is a known class that is left out unless asked for; an unknown prefix is an error naming the file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from medtransfer.errors import DatasetError
 logger = logging.getLogger(__name__)
 
 POCUS_CLASSES = ("covid19", "pneumonia", "regular")
-PREFIXES = {"Cov": "covid19", "Pneu": "pneumonia", "Reg": "regular"}
+PREFIXES = {"Cov": "covid19", "Pneu": "pneumonia", "Reg": "regular", "Vir": "viral"}
 PROBES = ("convex", "linear")
 VIDEO_EXTENSIONS = (".mov", ".mp4", ".mpeg", ".mpg", ".avi", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -70,17 +71,22 @@ def read_pocus_clips(
     classes: Sequence[str] = POCUS_CLASSES,
     extra_classes: Mapping[str, str] | None = None,
     include_images: bool = False,
+    unknown: str = "error",
 ) -> list[dict[str, Any]]:
     """List POCUS clips as records ``{"path", "clip", "group", "label", "class_name", "probe", "kind"}``.
 
     ``probe`` is ``"convex"``, ``"linear"`` or ``"all"``. ``label`` indexes ``classes``; ``group`` is
     :func:`clip_group` of the stem; ``kind`` is ``"video"`` (``pocus_videos/``) or ``"image"``
     (``pocus_images/``, only with ``include_images=True``). ``extra_classes`` maps further prefixes to
-    class names (e.g. ``{"Vir": "viral"}``; add the class to ``classes`` too). Files whose prefix is
-    unknown are skipped with a warning; files of a class not in ``classes`` are skipped silently.
+    class names (add the class to ``classes`` too; ``viral`` for ``Vir`` is built in). Files of a class not in
+    ``classes`` are skipped. A file whose prefix is unknown raises :class:`DatasetError` naming it
+    (``unknown="error"``), because a typo such as ``cov_`` would otherwise drop a patient silently; with
+    ``unknown="skip"`` such files are skipped with a warning.
     Records are sorted by path, so the order is stable.
     """
     root = Path(root)
+    if unknown not in ("error", "skip"):
+        raise ValueError(f"unknown must be 'error' or 'skip', got {unknown!r}")
     if probe not in (*PROBES, "all"):
         raise DatasetError(f"probe must be one of {PROBES + ('all',)}, got {probe!r}")
     classes = tuple(classes)
@@ -91,7 +97,7 @@ def read_pocus_clips(
         kinds.append(("image", "pocus_images", IMAGE_EXTENSIONS))
 
     records: list[dict[str, Any]] = []
-    unknown: list[str] = []
+    unknown_files: list[str] = []
     for kind, sub, extensions in kinds:
         for pr in probes:
             folder = root / sub / pr
@@ -105,7 +111,7 @@ def read_pocus_clips(
                     continue
                 class_name = prefixes.get(clip_prefix(path.stem))
                 if class_name is None:
-                    unknown.append(path.name)
+                    unknown_files.append(str(path))
                     continue
                 if class_name not in classes:
                     continue
@@ -120,11 +126,17 @@ def read_pocus_clips(
                         "kind": kind,
                     }
                 )
-    if unknown:
+    if unknown_files and unknown == "error":
+        raise DatasetError(
+            f"{len(unknown_files)} POCUS file(s) under {root} have an unknown class prefix: "
+            f"{', '.join(unknown_files)}. Known prefixes: {sorted(prefixes)}. Rename them (e.g. Cov_..., Reg_...), "
+            "map the prefix with extra_classes, or pass unknown='skip' to leave them out"
+        )
+    if unknown_files:
         logger.warning(
             "skipped %d POCUS file(s) with an unknown class prefix (map them with extra_classes): %s",
-            len(unknown),
-            ", ".join(unknown),
+            len(unknown_files),
+            ", ".join(unknown_files),
         )
     if not records:
         raise DatasetError(
@@ -145,18 +157,23 @@ def read_clip_frames(
     every: int = 1,
     max_frames: int | None = None,
     size: int | None = None,
+    fps: float | None = None,
 ) -> np.ndarray:
     """Decode a clip to grey frames, shape ``(T, H, W)`` uint8 (a still image gives ``T == 1``).
 
-    Frames are first thinned to every ``every``-th one; if ``max_frames`` is given and more remain,
+    Frames are first thinned to every ``every``-th one, or, when ``fps`` is given, to about ``fps`` frames
+    per second of video (every ``round(video rate / fps)``-th frame, so clips recorded at different rates
+    give comparable samples, as POCOVID-Net's 3 Hz sampling); if ``max_frames`` is given and more remain,
     ``max_frames`` of them are taken evenly spaced over the whole clip (first and last included), so a
     short budget still covers the clip rather than only its start. ``size`` resizes each frame to
     ``(size, size)`` (bilinear). A missing, corrupt, truncated or frameless file raises
     :class:`DatasetError` naming it.
     """
     path = Path(path)
-    if every < 1 or (max_frames is not None and max_frames < 1):
-        raise DatasetError(f"every and max_frames must be >= 1, got every={every}, max_frames={max_frames}")
+    if every < 1 or (max_frames is not None and max_frames < 1) or (fps is not None and fps <= 0):
+        raise DatasetError(
+            f"every and max_frames must be >= 1 and fps > 0, got every={every}, max_frames={max_frames}, fps={fps}"
+        )
     if not path.is_file():
         raise DatasetError(f"clip {path} not found; check the path or re-list the clips")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -175,6 +192,8 @@ def read_clip_frames(
             if not container.streams.video:
                 raise DatasetError(f"{path} has no video stream; re-encode it (e.g. to H.264 MP4) or remove it")
             stream = container.streams.video[0]
+            if fps is not None and stream.average_rate:
+                every = max(1, round(float(stream.average_rate) / fps))
             for i, frame in enumerate(container.decode(stream)):
                 if i % every == 0:
                     frames_list.append(frame.to_ndarray(format="gray"))

@@ -113,20 +113,23 @@ def test_still_image_is_one_frame(tmp_path):
     assert frames.shape == (1, 16, 16) and frames.dtype == np.uint8
 
 
-def test_unknown_prefix_skipped_and_extra_classes(tmp_path, caplog):
+def test_unknown_prefix_error_vir_ignored_and_extra_classes(tmp_path, caplog):
     root = _tmp_pocus(tmp_path, {"convex": ["Cov_a_v1.mp4", "Reg_b.mp4", "Vir_c.mp4", "Zzz-d.mp4"]})
+    with pytest.raises(DatasetError, match=r"Zzz-d\.mp4.*unknown='skip'") as err:
+        read_pocus_clips(root)
+    assert "Vir_c" not in str(err.value)  # Vir is a known class, left out by default, not an error
     with caplog.at_level(logging.WARNING, logger="medtransfer.data.pocus"):
-        clips = read_pocus_clips(root)
+        clips = read_pocus_clips(root, unknown="skip")
     assert sorted(c["clip"] for c in clips) == ["Cov_a_v1", "Reg_b"]
-    assert "Vir_c.mp4" in caplog.text and "Zzz-d.mp4" in caplog.text
+    assert "Zzz-d.mp4" in caplog.text and "Vir_c.mp4" not in caplog.text
 
     classes = (*POCUS_CLASSES, "viral")
-    clips = read_pocus_clips(root, classes=classes, extra_classes={"Vir": "viral"})
+    clips = read_pocus_clips(root, classes=classes, unknown="skip")
     vir = [c for c in clips if c["clip"] == "Vir_c"]
     assert len(vir) == 1 and vir[0]["class_name"] == "viral" and vir[0]["label"] == 3
-    # mapped to a class that is not requested: skipped, not an error
-    clips = read_pocus_clips(root, extra_classes={"Vir": "viral"})
-    assert "Vir_c" not in {c["clip"] for c in clips}
+    clips = read_pocus_clips(root, classes=(*POCUS_CLASSES, "zed"), extra_classes={"Zzz": "zed"})
+    zed = [c for c in clips if c["clip"] == "Zzz-d"]
+    assert len(zed) == 1 and zed[0]["label"] == 3
 
 
 def test_missing_folder_and_no_clips(tmp_path):

@@ -1,0 +1,192 @@
+"""Cross-validation over a bundle's folds: train and evaluate every test fold, then pool the test folds.
+
+Each fold is an ordinary bundle run (``train.json`` then ``train.json + evaluate.json`` with ``fold=i``), so a fold
+directory looks exactly like a single run and can be inspected, evaluated or resumed on its own. The pooled report
+sums the folds' confusion matrices, which is how the POCUS papers report per-class precision/recall, and also gives
+mean ± std of each fold's metrics. An interrupted cross-validation continues where it stopped (``resume=True``):
+evaluated folds are kept, a fold that was training resumes from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtransfer.errors import RunDirectoryError
+from medtransfer.metrics import confusion_report, mean_std
+from medtransfer.report import markdown_table, plot_confusion_matrix, save_json
+from medtransfer.runs import checkpoint_epoch, timestamp
+
+logger = logging.getLogger(__name__)
+
+FOLD_METRICS = ("accuracy", "auc", "macro_f1")
+LEVELS = {"frame": "test_metrics.json", "clip": "test_clip_metrics.json"}
+
+
+def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
+    """``["--epochs", "20", "--lr=1e-3", "--classes", "['a','b']"]`` -> ``{"epochs": 20, "lr": 0.001, ...}``.
+
+    Values are Python literals when they parse as one, else strings, like ``python -m monai.bundle run``.
+    """
+    out: dict[str, Any] = {}
+    it = iter(tokens)
+    for token in it:
+        if not token.startswith("--"):
+            raise ValueError(f"expected --key value, got {token!r}")
+        key, sep, value = token[2:].partition("=")
+        if not sep:
+            try:
+                value = next(it)
+            except StopIteration:
+                raise ValueError(f"--{key} needs a value") from None
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def _run_workflow(config_files: list[Path], meta_file: Path, overrides: Mapping[str, Any]) -> None:
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=[str(f) for f in config_files], meta_file=str(meta_file), logging_file=False, **overrides
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+def _training_finished(fold_dir: Path) -> bool:
+    """True when the fold's newest epoch checkpoint is its last epoch; a fold with nothing to resume is an error."""
+    info = fold_dir / "run_info.json"
+    epoch = checkpoint_epoch(fold_dir)
+    if not info.is_file() or epoch == 0:
+        raise RunDirectoryError(
+            f"{fold_dir} exists but holds no run_info.json or epoch checkpoint to resume from; delete it and run again"
+        )
+    return epoch >= int(json.loads(info.read_text())["settings"]["epochs"])
+
+
+def run_cross_validation(
+    bundle_dir: str | Path,
+    folds: int = 5,
+    config_files: Sequence[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    runs_dir: str | Path | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    only_folds: Sequence[int] | None = None,
+) -> dict:
+    """Train and evaluate test folds ``0 .. folds-1`` of a bundle and write the pooled report; return it.
+
+    ``config_files`` are merged after the bundle's ``train.json`` (e.g. ``configs/strategies/metalr.json``);
+    ``overrides`` are bundle settings (``{"epochs": 20}``). Folds run in ``runs_dir/name/fold<i>`` (default
+    ``runs/<bundle>/cv_<timestamp>``). ``only_folds`` restricts which folds run now (the report covers every fold
+    whose evaluation exists), so folds can be spread over machines and pooled at the end.
+    """
+    bundle = Path(bundle_dir)
+    configs = bundle / "configs"
+    if not (configs / "train.json").is_file() or not (configs / "evaluate.json").is_file():
+        raise FileNotFoundError(f"{configs} must hold train.json and evaluate.json; pass a bundle folder")
+    cv_dir = Path(runs_dir or Path("runs") / bundle.name) / (name or f"cv_{timestamp()}")
+    if cv_dir.exists() and not resume:
+        raise RunDirectoryError(
+            f"cross-validation folder {cv_dir} already exists; pass --resume to continue it or choose another --name"
+        )
+    cv_dir.mkdir(parents=True, exist_ok=True)
+    extra = [Path(c) for c in config_files]
+    settings = {**dict(overrides or {}), "num_folds": folds}
+    save_json(
+        {"bundle": str(bundle), "folds": folds, "config_files": [str(c) for c in extra], "overrides": settings},
+        cv_dir / "cv_settings.json",
+    )
+    for fold in only_folds if only_folds is not None else range(folds):
+        if not 0 <= fold < folds:
+            raise ValueError(f"fold {fold} is outside 0..{folds - 1}")
+        fold_dir = cv_dir / f"fold{fold}"
+        if (fold_dir / LEVELS["frame"]).is_file():
+            logger.info(f"fold {fold + 1}/{folds}: already evaluated, kept")
+            continue
+        run = {**settings, "fold": fold, "runs_dir": str(cv_dir), "run_name": f"fold{fold}"}
+        if not fold_dir.exists():
+            logger.info(f"fold {fold + 1}/{folds}: training -> {fold_dir}")
+            _run_workflow([configs / "train.json", *extra], configs / "metadata.json", run)
+        elif not _training_finished(fold_dir):
+            logger.info(f"fold {fold + 1}/{folds}: resuming training from epoch {checkpoint_epoch(fold_dir)}")
+            _run_workflow([configs / "train.json", *extra], configs / "metadata.json", {**run, "resume": True})
+        logger.info(f"fold {fold + 1}/{folds}: evaluating on the held-out test fold")
+        _run_workflow([configs / "train.json", *extra, configs / "evaluate.json"], configs / "metadata.json", run)
+    return summarize_cross_validation(cv_dir)
+
+
+def _pool(reports: list[dict]) -> dict:
+    names = reports[0]["class_names"]
+    for r in reports[1:]:
+        if r["class_names"] != names:
+            raise ValueError(f"folds disagree on the classes: {names} vs {r['class_names']}")
+    cm = np.sum([np.asarray(r["confusion_matrix"]) for r in reports], axis=0)
+    pooled = confusion_report(cm, names)
+    per_fold = {k: [float(r[k]) for r in reports] for k in FOLD_METRICS}
+    pooled["fold_mean_std"] = {k: mean_std(v) for k, v in per_fold.items()}
+    pooled["per_fold"] = per_fold
+    return pooled
+
+
+def summarize_cross_validation(cv_dir: str | Path) -> dict:
+    """Pool the evaluated folds of ``cv_dir`` into ``cv_summary.json``/``.md`` and confusion-matrix PNGs.
+
+    Levels: ``frame`` (every test frame) and, where the bundle reports it, ``clip`` (one prediction per clip, the
+    mean of its frames' probabilities).
+    """
+    cv_dir = Path(cv_dir)
+    fold_dirs = sorted(
+        (d for d in cv_dir.glob("fold*") if (d / LEVELS["frame"]).is_file()), key=lambda d: int(d.name[4:])
+    )
+    if not fold_dirs:
+        raise FileNotFoundError(f"no evaluated fold (fold*/{LEVELS['frame']}) in {cv_dir}")
+    summary: dict[str, Any] = {"cv_dir": str(cv_dir), "folds": [d.name for d in fold_dirs]}
+    lines = [f"# Cross-validation: {cv_dir}", "", f"Folds evaluated: {', '.join(summary['folds'])}."]
+    for level, filename in LEVELS.items():
+        files = [d / filename for d in fold_dirs]
+        if not all(f.is_file() for f in files):
+            continue
+        pooled = _pool([json.loads(f.read_text()) for f in files])
+        summary[level] = pooled
+        names = pooled["class_names"]
+        plot_confusion_matrix(
+            np.asarray(pooled["confusion_matrix"]),
+            names,
+            cv_dir / f"cv_{level}_confusion_matrix.png",
+            title=f"{len(fold_dirs)} test folds summed ({level}s): accuracy {pooled['accuracy']:.3f} (n={pooled['n']})",
+        )
+        rows = [
+            [c, pooled["per_class"][c]["precision"], pooled["per_class"][c]["recall"], pooled["per_class"][c]["f1"],
+             pooled["per_class"][c]["support"]]
+            for c in names
+        ]  # fmt: skip
+        stats = pooled["fold_mean_std"]
+        lines += [
+            "",
+            f"## {level.capitalize()} level, test folds pooled (summed confusion matrix)",
+            "",
+            markdown_table(["class", "precision", "recall", "F1", "support"], rows),
+            "",
+            f"Accuracy {pooled['accuracy']:.3f}, macro-F1 {pooled['macro_f1']:.3f} (n = {pooled['n']}).",
+            "Per fold, mean ± std: "
+            + ", ".join(f"{k} {m:.3f} ± {s:.3f}" for k, (m, s) in stats.items())
+            + " (a fold without some class has an undefined AUC for it).",
+        ]
+    save_json(summary, cv_dir / "cv_summary.json")
+    text = "\n".join(lines) + "\n"
+    from medtransfer.atomic import write_text_atomic
+
+    write_text_atomic(cv_dir / "cv_summary.md", text)
+    print(text)
+    return summary
