@@ -10,8 +10,10 @@ evaluated folds are kept, a fold that was training resumes from its last epoch c
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from medtransfer.errors import RunDirectoryError
-from medtransfer.metrics import confusion_report, mean_std
+from medtransfer.metrics import classification_report, confusion_report, mean_std
 from medtransfer.report import markdown_table, plot_confusion_matrix, save_json
 from medtransfer.runs import checkpoint_epoch, timestamp
 
@@ -126,15 +128,34 @@ def run_cross_validation(
     return summarize_cross_validation(cv_dir)
 
 
-def _pool(reports: list[dict]) -> dict:
+def _read_predictions(path: Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities N x C, label indices N) from a ``*_predictions.csv`` written by ClassificationReport."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    probs = np.array([[float(r[f"p_{c}"]) for c in names] for r in rows], dtype=np.float64).reshape(-1, len(names))
+    labels = np.array([list(names).index(r["label"]) for r in rows], dtype=np.int64)
+    return probs, labels
+
+
+def _pool(reports: list[dict], prediction_files: list[Path]) -> dict:
+    """Summed confusion matrix -> per-class table; AUC of all test predictions together; per-fold mean ± std."""
     names = reports[0]["class_names"]
     for r in reports[1:]:
         if r["class_names"] != names:
             raise ValueError(f"folds disagree on the classes: {names} vs {r['class_names']}")
     cm = np.sum([np.asarray(r["confusion_matrix"]) for r in reports], axis=0)
     pooled = confusion_report(cm, names)
+    if all(f.is_file() for f in prediction_files):
+        parts = [_read_predictions(f, names) for f in prediction_files]
+        pooled["auc"] = classification_report(
+            np.concatenate([p for p, _ in parts]), np.concatenate([y for _, y in parts]), names
+        )["auc"]
     per_fold = {k: [float(r[k]) for r in reports] for k in FOLD_METRICS}
-    pooled["fold_mean_std"] = {k: mean_std(v) for k, v in per_fold.items()}
+    # a test fold without some class has no AUC for it: average the folds where it is defined, and say how many
+    pooled["fold_mean_std"] = {
+        k: (*mean_std([x for x in v if math.isfinite(x)] or [math.nan]), sum(map(math.isfinite, v)))
+        for k, v in per_fold.items()
+    }
     pooled["per_fold"] = per_fold
     return pooled
 
@@ -157,7 +178,8 @@ def summarize_cross_validation(cv_dir: str | Path) -> dict:
         files = [d / filename for d in fold_dirs]
         if not all(f.is_file() for f in files):
             continue
-        pooled = _pool([json.loads(f.read_text()) for f in files])
+        predictions = [d / filename.replace("_metrics.json", "_predictions.csv") for d in fold_dirs]
+        pooled = _pool([json.loads(f.read_text()) for f in files], predictions)
         summary[level] = pooled
         names = pooled["class_names"]
         plot_confusion_matrix(
@@ -178,10 +200,12 @@ def summarize_cross_validation(cv_dir: str | Path) -> dict:
             "",
             markdown_table(["class", "precision", "recall", "F1", "support"], rows),
             "",
-            f"Accuracy {pooled['accuracy']:.3f}, macro-F1 {pooled['macro_f1']:.3f} (n = {pooled['n']}).",
-            "Per fold, mean ± std: "
-            + ", ".join(f"{k} {m:.3f} ± {s:.3f}" for k, (m, s) in stats.items())
-            + " (a fold without some class has an undefined AUC for it).",
+            f"Accuracy {pooled['accuracy']:.3f}, macro-F1 {pooled['macro_f1']:.3f}"
+            + (f", AUC of the pooled predictions {pooled['auc']:.3f}" if "auc" in pooled else "")
+            + f" (n = {pooled['n']}).",
+            "Per fold, mean ± std (over the folds where the metric is defined): "
+            + ", ".join(f"{k} {m:.3f} ± {sd:.3f} ({n} folds)" for k, (m, sd, n) in stats.items())
+            + ".",
         ]
     save_json(summary, cv_dir / "cv_summary.json")
     text = "\n".join(lines) + "\n"
