@@ -1,26 +1,58 @@
-"""Data readers (BUSI, MedMNIST, synthetic demo set), stratified splits and the grey-image loader."""
+"""Data readers (BUSI, MedMNIST, LiTS/MSD liver CT, synthetic demo sets), stratified splits and loaders."""
 
 from medtransfer.data.busi import BUSI_CLASSES, read_busi
 from medtransfer.data.medmnist import medmnist_records, read_medmnist
 from medtransfer.data.paths import DATA_ENV, data_root, require_data
+from medtransfer.data.segmentation import (
+    AFFINE_TOLERANCE_MM,
+    LITS_LABEL_MAP,
+    SEGMENTATION_FORMATS,
+    UNMAPPED_POLICIES,
+    RemapLabelsd,
+    check_pair,
+    num_segmentation_classes,
+    read_datalist_json,
+    read_lits,
+    read_msd_liver,
+    segmentation_datalist,
+    segmentation_file_list,
+)
 from medtransfer.data.splits import stratified_split
 from medtransfer.data.synthetic import ensure_synthetic_busi, make_synthetic_busi
+from medtransfer.data.synthetic_ct import ensure_synthetic_lits, make_synthetic_lits
 from medtransfer.data.synthetic_cxr import KERMANY_CLASSES, ensure_synthetic_kermany, make_synthetic_kermany
+from medtransfer.data.synthetic_pocus import ensure_synthetic_pocus, make_synthetic_pocus
 from medtransfer.data.transforms import LoadGreyImaged
 
 __all__ = [
+    "AFFINE_TOLERANCE_MM",
     "BUSI_CLASSES",
     "DATA_ENV",
     "KERMANY_CLASSES",
+    "LITS_LABEL_MAP",
+    "SEGMENTATION_FORMATS",
+    "UNMAPPED_POLICIES",
     "LoadGreyImaged",
+    "RemapLabelsd",
+    "check_pair",
     "data_root",
     "ensure_synthetic_busi",
     "ensure_synthetic_kermany",
+    "ensure_synthetic_lits",
+    "ensure_synthetic_pocus",
     "make_synthetic_busi",
     "make_synthetic_kermany",
+    "make_synthetic_lits",
+    "make_synthetic_pocus",
     "medmnist_records",
+    "num_segmentation_classes",
     "read_busi",
+    "read_datalist_json",
+    "read_lits",
     "read_medmnist",
+    "read_msd_liver",
     "require_data",
+    "segmentation_datalist",
+    "segmentation_file_list",
     "stratified_split",
 ]
