@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +108,38 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _is_state_dict(obj: Mapping) -> bool:
     return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def build_unet(
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    num_classes: int = 3,
+    channels: Sequence[int] = (16, 32, 64, 128, 256),
+    num_res_units: int = 2,
+    dropout: float = 0.0,
+    pretrained_ckpt: str | Path | None = None,
+    pretrained_key_map: str = "name",
+) -> nn.Module:
+    """MONAI's residual U-Net for segmentation (stride 2 between levels), optionally from a local checkpoint.
+
+    Its layer groups are the resolution levels (``Down-<channels>``, ``Bottom``, ``Up-<channels>``, ``Out``), the units
+    of the MetaLR paper's LiTS figure; ``channels=(64, 128, 256, 512, 1024)`` gives the paper's widths. The output
+    block is the head: a checkpoint trained for other labels loads with a fresh output block.
+    """
+    from monai.networks.nets import UNet
+
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 (slice mode) or 3, got {spatial_dims}")
+    if len(channels) < 2:
+        raise ValueError(f"channels needs at least two levels, got {list(channels)}")
+    model = UNet(
+        spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, channels=tuple(channels),
+        strides=(2,) * (len(channels) - 1), num_res_units=num_res_units, dropout=dropout,
+    )  # fmt: skip
+    if pretrained_ckpt:
+        report = load_pretrained(model, pretrained_ckpt, key_map=pretrained_key_map)
+        logger.info(report.summary())
+    return model
 
 
 def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True, key_map: str = "name") -> LoadReport:
