@@ -313,11 +313,20 @@ def segmentation_datalist(
     return [records[i] for i in idx]
 
 
+def _is_label_file(path: Path, root: Path) -> bool:
+    """LiTS ``segmentation-N`` files and anything under an MSD ``labelsTr``/``labelsTs`` folder are ground truth."""
+    if _LITS_NAME.fullmatch(path.name) and path.name.lower().startswith("segmentation"):
+        return True
+    return any(part.lower() in ("labelstr", "labelsts") for part in path.relative_to(root).parts[:-1])
+
+
 def segmentation_file_list(input_dir: str | Path) -> list[dict]:
     """Records ``{"image", "id"}`` for inference: every ``*.nii`` / ``*.nii.gz`` under a folder, or one file.
 
-    Ids are the file names without extension, so outputs can be named after their inputs; two files with the
-    same name in different sub-folders would overwrite each other's outputs and are an error.
+    Ground-truth files of the LiTS and MSD layouts (``segmentation-N``, ``labelsTr/``) are left out, so a dataset
+    folder can be passed as it is. Ids are the file names without extension, so outputs can be named after their
+    inputs; two files with the same name in different sub-folders would overwrite each other's outputs and are an
+    error.
     """
     path = Path(input_dir)
     if path.is_file():
@@ -328,7 +337,10 @@ def segmentation_file_list(input_dir: str | Path) -> list[dict]:
         files = [
             p
             for p in path.rglob("*")
-            if _is_nifti(p) and p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            if _is_nifti(p)
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            and not _is_label_file(p, path)
         ]
         files.sort(key=lambda p: _natural_key(str(p.relative_to(path))))
         if not files:
