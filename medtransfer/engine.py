@@ -251,10 +251,15 @@ class TrainingHistory:
         self.save()
 
     def best(self) -> dict | None:
-        """The row with the best key validation metric (first one on ties), as checkpoint selection sees it."""
+        """The row with the best key validation metric, the latest one on ties, as checkpoint selection sees it.
+
+        Latest on ties because a small validation split saturates (AUC 1.0 from epoch 1): keeping the first such
+        epoch would select an almost untrained model. Bundles set ``key_metric_greater_or_equal`` on their
+        CheckpointSaver to match.
+        """
         key = f"val_{self.key_metric}" if self.key_metric else None
         rows = [r for r in self.rows if key and r.get(key) is not None and not math.isnan(r[key])]
-        return max(rows, key=lambda r: r[key]) if rows else None
+        return max(reversed(rows), key=lambda r: r[key]) if rows else None
 
     def save(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,13 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from medtransfer.engine import ClassificationMetric, ClassificationReport, EpochSeed, StopOnNonFiniteLoss
+from medtransfer.engine import (
+    ClassificationMetric,
+    ClassificationReport,
+    EpochSeed,
+    StopOnNonFiniteLoss,
+    TrainingHistory,
+)
 from medtransfer.metrics import classification_report
 
 
@@ -85,6 +91,38 @@ def test_report_without_labels_writes_only_predictions(tmp_path, data):
     header = (tmp_path / "inference_predictions.csv").read_text().splitlines()[0]
     assert header == "source,p_a,p_b,p_c,predicted"
     assert not (tmp_path / "inference_metrics.json").exists()
+
+
+def test_report_per_clip_averages_frame_probabilities(tmp_path, data):
+    probs, labels = data
+    clips = [f"clip{i // 4}" for i in range(20)]  # 5 clips of 4 frames; a clip has one label
+    labels = np.repeat(labels[::4], 4)
+    rows = [dict(r, clip=c) for r, c in zip(_rows(probs, labels), clips, strict=True)]
+    engine, batches = _evaluator([rows[:6], rows[6:]])  # a clip split across batches
+    ClassificationReport(str(tmp_path), ["a", "b", "c"], prefix="test", group_key="clip").attach(engine)
+    engine.run(batches, max_epochs=1)
+    clip_report = json.loads((tmp_path / "test_clip_metrics.json").read_text())
+    means = probs.reshape(5, 4, 3).mean(axis=1)
+    expected = classification_report(means, labels[::4], ["a", "b", "c"])
+    assert clip_report["n"] == 5 and clip_report["confusion_matrix"] == expected["confusion_matrix"]
+    with open(tmp_path / "test_clip_predictions.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["source"] for r in table] == [f"clip{i}" for i in range(5)]
+    assert float(table[2]["p_b"]) == pytest.approx(float(means[2, 1]), abs=1e-6)
+
+    bad = [dict(r, clip="one") for r in _rows(probs[:2], [0, 1])]  # one clip, two diagnoses
+    engine, batches = _evaluator([bad])
+    ClassificationReport(str(tmp_path), ["a", "b", "c"], prefix="bad", group_key="clip").attach(engine)
+    with pytest.raises(ValueError, match="group 'one' has samples with different labels"):
+        engine.run(batches, max_epochs=1)
+
+
+def test_history_best_is_the_latest_of_tied_epochs(tmp_path):
+    history = TrainingHistory(str(tmp_path), key_metric="auc")
+    history.rows = [{"epoch": 1, "val_auc": 1.0}, {"epoch": 2, "val_auc": 0.9}, {"epoch": 3, "val_auc": 1.0}]
+    assert history.best()["epoch"] == 3  # a saturated metric must not freeze selection at epoch 1
+    history.rows.append({"epoch": 4, "val_auc": float("nan")})
+    assert history.best()["epoch"] == 3
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
