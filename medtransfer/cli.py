@@ -20,10 +20,20 @@ def _layers(args: argparse.Namespace) -> None:
 
 
 def _demo_data(args: argparse.Namespace) -> None:
-    from medtransfer.data import make_synthetic_busi
+    from medtransfer import data
 
-    out = make_synthetic_busi(args.out_dir, n_per_class=args.n_per_class, image_size=args.image_size, seed=args.seed)
-    print(f"wrote a SYNTHETIC BUSI-like demo set (not medical data) to {out}")
+    if args.task == "busi":
+        out = data.make_synthetic_busi(
+            args.out_dir, n_per_class=args.n_per_class, image_size=args.image_size, seed=args.seed
+        )
+    else:
+        make = {
+            "kermany": data.make_synthetic_kermany,
+            "pocus": data.make_synthetic_pocus,
+            "lits": data.make_synthetic_lits,
+        }
+        out = make[args.task](args.out_dir, seed=args.seed)
+    print(f"wrote a SYNTHETIC {args.task} demo set (not medical data) to {out}")
 
 
 def _summarize(args: argparse.Namespace) -> None:
@@ -86,10 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained-ckpt", default=None, help="also check that this local checkpoint loads")
     p.set_defaults(func=_layers)
 
-    p = sub.add_parser("demo-data", help="write the synthetic BUSI-like demo set (BUSI file layout)")
+    p = sub.add_parser("demo-data", help="write a synthetic demo set in a task's real file layout")
     p.add_argument("out_dir")
-    p.add_argument("--n-per-class", type=int, default=24)
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--task", default="busi", choices=("busi", "kermany", "pocus", "lits"))
+    p.add_argument("--n-per-class", type=int, default=24, help="busi only")
+    p.add_argument("--image-size", type=int, default=128, help="busi only")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo_data)
 

@@ -23,6 +23,16 @@ def test_demo_data_is_readable_busi(tmp_path, capsys):
     assert len(read_busi(tmp_path / "demo", require_masks=True)) == 12
 
 
+def test_demo_data_other_tasks_are_readable(tmp_path):
+    from medtransfer.data import read_lits
+    from medtransfer.data.pocus import read_pocus_clips
+
+    assert main(["demo-data", str(tmp_path / "lits"), "--task", "lits"]) == 0
+    assert len(read_lits(tmp_path / "lits")) == 6
+    assert main(["demo-data", str(tmp_path / "pocus"), "--task", "pocus"]) == 0
+    assert {c["class_name"] for c in read_pocus_clips(tmp_path / "pocus")} == {"covid19", "pneumonia", "regular"}
+
+
 def test_summarize_gives_mean_and_std_over_seeds(tmp_path, capsys):
     for seed, acc in enumerate([0.8, 0.9, 1.0]):
         run = tmp_path / f"seed{seed}"
