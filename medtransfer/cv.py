@@ -102,13 +102,22 @@ def run_cross_validation(
         raise RunDirectoryError(
             f"cross-validation folder {cv_dir} already exists; pass --resume to continue it or choose another --name"
         )
-    cv_dir.mkdir(parents=True, exist_ok=True)
     extra = [Path(c) for c in config_files]
     settings = {**dict(overrides or {}), "num_folds": folds}
-    save_json(
-        {"bundle": str(bundle), "folds": folds, "config_files": [str(c) for c in extra], "overrides": settings},
-        cv_dir / "cv_settings.json",
-    )
+    record = {"bundle": str(bundle), "folds": folds, "config_files": [str(c) for c in extra], "overrides": settings}
+    recorded = cv_dir / "cv_settings.json"
+    if recorded.is_file():
+        before = json.loads(recorded.read_text())
+        now = json.loads(json.dumps(record, default=str))
+        if before != now:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise RunDirectoryError(
+                f"{cv_dir} was started with other settings ({', '.join(changed)} differ: {before} vs {now}); "
+                "pooling folds trained differently would mix two experiments. Resume with the same options or "
+                "choose another --name"
+            )
+    cv_dir.mkdir(parents=True, exist_ok=True)
+    save_json(record, recorded)
     for fold in only_folds if only_folds is not None else range(folds):
         if not 0 <= fold < folds:
             raise ValueError(f"fold {fold} is outside 0..{folds - 1}")

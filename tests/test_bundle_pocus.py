@@ -76,7 +76,9 @@ def test_cross_validation_pools_disjoint_test_folds(pocus3, cv_run):
         assert per_class["recall"] == pytest.approx(pooled[k, k] / pooled[k].sum())
         assert per_class["precision"] == pytest.approx(pooled[k, k] / max(pooled[:, k].sum(), 1))
     assert summary["frame"]["accuracy"] == pytest.approx(np.trace(pooled) / pooled.sum())
-    assert (cv_dir / "cv_frame_confusion_matrix.png").is_file() and "| covid19 |" in (cv_dir / "cv_summary.md").read_text()
+    assert (cv_dir / "cv_frame_confusion_matrix.png").is_file() and "| covid19 |" in (
+        cv_dir / "cv_summary.md"
+    ).read_text()
 
 
 def _args() -> dict:
@@ -85,9 +87,17 @@ def _args() -> dict:
 
 def test_cross_validation_refuses_overwrite_and_resumes(cv_run):
     cv_dir, _, config, overrides = cv_run
-    kwargs = {"folds": 3, "config_files": config, "overrides": overrides, "runs_dir": cv_dir.parent, "name": cv_dir.name}
+    kwargs = {
+        "folds": 3,
+        "config_files": config,
+        "overrides": overrides,
+        "runs_dir": cv_dir.parent,
+        "name": cv_dir.name,
+    }
     with pytest.raises(RunDirectoryError, match="--resume"):
         run_cross_validation(BUNDLE, **kwargs)
+    with pytest.raises(RunDirectoryError, match="overrides differ"):  # resuming with other settings would mix runs
+        run_cross_validation(BUNDLE, resume=True, **{**kwargs, "overrides": {**overrides, "epochs": 2}})
     kept = (cv_dir / "fold0" / "test_metrics.json").stat().st_mtime_ns
     (cv_dir / "fold2" / "test_metrics.json").unlink()
     summary = run_cross_validation(BUNDLE, resume=True, **kwargs)
