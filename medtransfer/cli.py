@@ -78,6 +78,69 @@ def _pocus_frames(args: argparse.Namespace) -> None:
     print(f"wrote patient-grouped folds of frames to {out} (read them with --dataset_format pocus_frames)")
 
 
+def _transfer(args: argparse.Namespace) -> None:
+    import json
+    import logging
+
+    from medtransfer.cv import parse_overrides
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.step in ("pretrain", "finetune"):
+        from medtransfer.transferability.study import train_and_evaluate
+
+        settings = {"dataset_name": args.dataset, "dataset_dir": args.root, "run_name": args.name, "arch": args.arch}
+        settings["runs_dir"] = args.runs_dir
+        if args.step == "finetune":
+            settings["pretrained_ckpt"] = str(Path(args.pretrained_run) / "model.pt")
+            settings["max_train"] = args.max_train
+        run = train_and_evaluate(args.bundle, {**settings, **parse_overrides(args.overrides)})
+        print(f"{args.step} run: {run} (init.pt = starting weights, model.pt = best on validation)")
+    elif args.step == "measure":
+        from medtransfer.transferability import format_transferability, measure_files, save_transferability
+
+        result = measure_files(
+            args.arch, args.init, args.pretrained, args.finetuned, finetune_init_path=args.finetune_init, mode=args.mode
+        )
+        print(format_transferability(result))
+        if args.out:
+            print(f"saved {', '.join(str(p) for p in save_transferability(result, args.out).values())}")
+    elif args.step == "study":
+        from medtransfer.transferability.study import measure_runs, study_row, study_table
+
+        rows, results = [], {}
+        for spec in args.target:
+            name, _, run = spec.partition("=")
+            if not run:
+                raise SystemExit(f"--target takes NAME=FINETUNE_RUN_DIR, got {spec!r}")
+            rows.append(study_row(name, args.pretrain_run, run, mode=args.mode))
+            results[name] = measure_runs(args.pretrain_run, run, mode=args.mode)
+        print(study_table(rows, results, args.out))
+    else:  # regress, correlate: on the rows a study saved (or any JSON list of rows)
+        data = json.loads(Path(args.rows).read_text())
+        rows = data["rows"] if isinstance(data, dict) else data
+        if args.step == "regress":
+            from medtransfer.transferability.regression import (
+                fit_transferability_regression,
+                format_regression,
+                plot_partial_effects,
+            )
+
+            fit = fit_transferability_regression(rows)
+            print(format_regression(fit))
+            if args.out:
+                print(f"saved {plot_partial_effects(fit, rows, args.out)}")
+        else:
+            from medtransfer.transferability.scores import rank_correlation
+
+            t = [r["T"] for r in rows]
+            for score in ("LogME", "LEEP"):
+                values = [r[score] for r in rows]
+                print(
+                    f"{score} vs T over {len(rows)} datasets: Spearman {rank_correlation(values, t, 'spearman'):.3f}, "
+                    f"Kendall {rank_correlation(values, t, 'kendall'):.3f}"
+                )
+
+
 def _data_root(args: argparse.Namespace) -> None:
     from medtransfer.data.paths import DATA_ENV, data_root
 
@@ -137,6 +200,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="resize frames to this square size (default: keep)")
     p.set_defaults(func=_pocus_frames)
 
+    p = sub.add_parser("transfer", help="layer-wise transferability: pretrain, finetune, measure, study, regress")
+    steps = p.add_subparsers(dest="step", required=True)
+    for step, text in (("pretrain", "train from a kept random init (init.pt = θr, model.pt = θA)"),
+                       ("finetune", "fine-tune θA on a target (init.pt = θB0, model.pt = θFB)")):  # fmt: skip
+        q = steps.add_parser(
+            step, help=text, allow_abbrev=False, epilog="Further --key value pairs are bundle overrides"
+        )
+        q.add_argument("--dataset", required=True, help="cifar10, caltech101, ..., pocus, imagefolder, busi, medmnist")
+        q.add_argument("--root", required=True, help="the dataset's folder (or .npz file)")
+        q.add_argument("--name", required=True, help="run name")
+        q.add_argument("--arch", default="resnet18")
+        q.add_argument("--bundle", default="bundles/natural_transferability")
+        q.add_argument("--runs-dir", default="runs/natural_transferability")
+        if step == "finetune":
+            q.add_argument("--pretrained-run", required=True, help="the pre-training run directory (its model.pt)")
+            q.add_argument("--max-train", type=int, default=None, help="stratified subset of the training split")
+        q.set_defaults(func=_transfer)
+    q = steps.add_parser("measure", help="per-layer T = D(θr, θFB) / D(θA, θFB) from four state dicts")
+    q.add_argument("--arch", default="resnet18")
+    q.add_argument("--init", required=True, help="θr: the random initialisation pre-training started from")
+    q.add_argument("--pretrained", required=True, help="θA")
+    q.add_argument("--finetuned", required=True, help="θFB")
+    q.add_argument("--finetune-init", default=None, help="θB0, needed when the head changed size")
+    q.add_argument("--mode", default="paper", choices=("paper", "full"))
+    q.add_argument("--out", default=None, help="save transferability.csv/.json/.png here")
+    q.set_defaults(func=_transfer)
+    q = steps.add_parser("study", help="T, G, D, N, LogME, LEEP for several fine-tuning runs of one pre-training")
+    q.add_argument("--pretrain-run", required=True)
+    q.add_argument("--target", action="append", required=True, help="NAME=FINETUNE_RUN_DIR (repeat)")
+    q.add_argument("--mode", default="paper", choices=("paper", "full"))
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=_transfer)
+    for step, text in (("regress", "fit log T on standardised G, D, log N"),
+                       ("correlate", "rank correlation of LogME and LEEP with T")):  # fmt: skip
+        q = steps.add_parser(step, help=text)
+        q.add_argument("rows", help="study.json (or a JSON list of rows with dataset, T, G, D, N, LogME, LEEP)")
+        if step == "regress":
+            q.add_argument("--out", default=None, help="save the partial-effects plot (PNG) here")
+        q.set_defaults(func=_transfer)
+
     p = sub.add_parser("data-root", help="where the real data is looked for")
     p.set_defaults(func=_data_root)
     return parser
@@ -145,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "cv":
+    if args.command == "cv" or getattr(args, "step", None) in ("pretrain", "finetune"):
         args.overrides = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

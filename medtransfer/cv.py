@@ -23,7 +23,7 @@ import numpy as np
 from medtransfer.errors import RunDirectoryError
 from medtransfer.metrics import classification_report, confusion_report, mean_std
 from medtransfer.report import markdown_table, plot_confusion_matrix, save_json
-from medtransfer.runs import checkpoint_epoch, timestamp
+from medtransfer.runs import checkpoint_epoch, run_bundle_workflow, timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +52,6 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key] = value
     return out
-
-
-def _run_workflow(config_files: list[Path], meta_file: Path, overrides: Mapping[str, Any]) -> None:
-    from monai.bundle import ConfigWorkflow
-
-    workflow = ConfigWorkflow(
-        config_file=[str(f) for f in config_files], meta_file=str(meta_file), logging_file=False, **overrides
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
 
 
 def _training_finished(fold_dir: Path) -> bool:
@@ -128,12 +117,12 @@ def run_cross_validation(
         run = {**settings, "fold": fold, "runs_dir": str(cv_dir), "run_name": f"fold{fold}"}
         if not fold_dir.exists():
             logger.info(f"fold {fold + 1}/{folds}: training -> {fold_dir}")
-            _run_workflow([configs / "train.json", *extra], configs / "metadata.json", run)
+            run_bundle_workflow([configs / "train.json", *extra], run)
         elif not _training_finished(fold_dir):
             logger.info(f"fold {fold + 1}/{folds}: resuming training from epoch {checkpoint_epoch(fold_dir)}")
-            _run_workflow([configs / "train.json", *extra], configs / "metadata.json", {**run, "resume": True})
+            run_bundle_workflow([configs / "train.json", *extra], {**run, "resume": True})
         logger.info(f"fold {fold + 1}/{folds}: evaluating on the held-out test fold")
-        _run_workflow([configs / "train.json", *extra, configs / "evaluate.json"], configs / "metadata.json", run)
+        run_bundle_workflow([configs / "train.json", *extra, configs / "evaluate.json"], run)
     return summarize_cross_validation(cv_dir)
 
 

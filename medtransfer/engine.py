@@ -324,6 +324,33 @@ class StopOnNonFiniteLoss:
             )
 
 
+class SaveInitialWeights:
+    """Saves the network as it is before the first training step as ``init.pt`` in the run directory.
+
+    Layer-wise transferability compares weights with where training started: for pre-training that is the random
+    initialisation θr, for fine-tuning it is θB0 (the pre-trained body with its freshly initialised head). Written
+    atomically and only once, so a resumed run keeps the true starting point.
+    """
+
+    def __init__(
+        self, output_dir: str, model: torch.nn.Module, enabled: bool = True, filename: str = "init.pt"
+    ) -> None:
+        self.output_dir, self.model, self.enabled, self.filename = Path(output_dir), model, enabled, filename
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.STARTED, self._save)
+
+    def _save(self, engine: Engine) -> None:
+        path = self.output_dir / self.filename
+        if path.exists():
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, tmp)
+        tmp.replace(path)
+
+
 class EpochCheckpoint:
     """Saves `save_dict` plus the trainer's own state (epoch, iteration) as ``checkpoint_epoch=N.pt`` every epoch.
 

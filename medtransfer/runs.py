@@ -148,3 +148,22 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def run_bundle_workflow(
+    config_files: list[str | Path], overrides: dict | None = None, meta_file: str | Path | None = None
+):
+    """Run a bundle's ``initialize`` / ``run`` / ``finalize`` in this process, as ``python -m monai.bundle run`` would.
+
+    Used by commands that chain several runs (cross-validation folds, pre-train then fine-tune): no interpreter start
+    and no re-import per run, and errors surface as Python exceptions.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(f) for f in config_files]
+    meta = str(meta_file) if meta_file is not None else str(Path(files[0]).parent / "metadata.json")
+    workflow = ConfigWorkflow(config_file=files, meta_file=meta, logging_file=False, **dict(overrides or {}))
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow

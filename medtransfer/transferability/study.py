@@ -1,0 +1,211 @@
+"""The transferability study end to end: pre-train, fine-tune, measure T per layer, describe each target, relate them.
+
+Each step is an ordinary run of ``bundles/natural_transferability`` (so it can be inspected, resumed and evaluated on
+its own) and leaves its files in the run directory:
+
+- ``pretrain``: ``init.pt`` (θr, saved before the first step), ``model.pt`` (θA, best on validation);
+- ``finetune``: ``init.pt`` (θB0: θA's body with the new head), ``model.pt`` (θFB), ``test_metrics.json``;
+- ``measure``/``study_row``: ``transferability/`` (per-layer T as CSV/JSON/PNG) and ``target_stats.json`` (G, D, N,
+  LogME, LEEP computed from θA before any fine-tuning);
+- ``study_table``: the table over targets, the curves side by side, the regression of log T on G, D, log N (five
+  targets or more) and the rank correlation of LogME/LEEP with T.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtransfer.report import markdown_table, save_json
+from medtransfer.runs import run_bundle_workflow
+from medtransfer.transferability.datasets import transfer_records
+from medtransfer.transferability.layerwise import (
+    TransferabilityResult,
+    layerwise_transferability,
+    load_state,
+    plot_transferability_curves,
+    save_transferability,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUNDLE = Path("bundles") / "natural_transferability"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _run_info(run_dir: Path) -> dict:
+    path = run_dir / "run_info.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; {run_dir} is not a finished bundle run")
+    return json.loads(path.read_text())["settings"]
+
+
+def train_and_evaluate(bundle: str | Path, overrides: Mapping[str, Any], evaluate: bool = True) -> Path:
+    """Train one run of the bundle (with ``overrides``), then evaluate it on the test split; return the run dir."""
+    configs = Path(bundle) / "configs"
+    run_bundle_workflow([configs / "train.json"], overrides)
+    if evaluate:
+        run_bundle_workflow([configs / "train.json", configs / "evaluate.json"], overrides)
+    return Path(overrides["runs_dir"]) / str(overrides["run_name"])
+
+
+def measure_runs(pretrain_dir: str | Path, finetune_dir: str | Path, mode: str = "paper") -> TransferabilityResult:
+    """Per-layer T of a fine-tuning run against the pre-training run it started from."""
+    pretrain_dir, finetune_dir = Path(pretrain_dir), Path(finetune_dir)
+    settings = _run_info(finetune_dir)
+    from medtransfer.models import build_classifier
+
+    finetuned = load_state(finetune_dir / "model.pt")
+    model = build_classifier(settings["arch"], num_classes=len(settings["classes"]))
+    return layerwise_transferability(
+        model,
+        load_state(pretrain_dir / "init.pt"),
+        load_state(pretrain_dir / "model.pt"),
+        finetuned,
+        finetune_init=load_state(finetune_dir / "init.pt"),
+        mode=mode,
+        sources={
+            "init": str(pretrain_dir / "init.pt"),
+            "pretrained": str(pretrain_dir / "model.pt"),
+            "finetuned": str(finetune_dir / "model.pt"),
+            "finetune_init": str(finetune_dir / "init.pt"),
+        },
+    )
+
+
+def _loader(records: list[dict], image_size: int, batch_size: int = 128):
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, Resized
+
+    from medtransfer.data.natural import LoadRGBd
+
+    transform = Compose(
+        [
+            LoadRGBd(keys="image"),
+            Resized(keys="image", spatial_size=(image_size, image_size), mode="area"),
+            NormalizeIntensityd(keys="image", subtrahend=IMAGENET_MEAN, divisor=IMAGENET_STD, channel_wise=True),
+            EnsureTyped(keys="image", track_meta=False),
+        ]
+    )
+    return DataLoader(Dataset(records, transform), batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def _sample(records: list[dict], limit: int, seed: int) -> list[dict]:
+    if len(records) <= limit:
+        return records
+    idx = np.random.default_rng(seed).choice(len(records), size=limit, replace=False)
+    return [records[i] for i in sorted(idx)]
+
+
+def target_statistics(
+    pretrain_dir: str | Path, finetune_dir: str | Path, max_samples: int = 2000, device: str = "cpu"
+) -> dict:
+    """G, D, N, LogME and LEEP of the fine-tuning target, from θA's penultimate features (no fine-tuning needed).
+
+    The source sample is the pre-training set's training split and the target sample the fine-tuning run's
+    training split, each at most ``max_samples`` images (seeded), pre-processed like the runs themselves.
+    """
+    from scipy.special import softmax
+
+    from medtransfer.models import build_classifier
+    from medtransfer.transferability.features import extract_features
+    from medtransfer.transferability.scores import leep, logme
+    from medtransfer.transferability.statistics import dataset_statistics
+
+    pre, ft = _run_info(Path(pretrain_dir)), _run_info(Path(finetune_dir))
+    model = build_classifier(pre["arch"], num_classes=len(pre["classes"]))
+    model.load_state_dict(load_state(Path(pretrain_dir) / "model.pt"))
+    size = int(ft["image_size"])
+    source = _sample(
+        transfer_records(pre["dataset"], pre["dataset_dir"], "train", seed=pre["split_seed"]), max_samples, 0
+    )
+    target_all = transfer_records(
+        ft["dataset"], ft["dataset_dir"], "train", seed=ft["split_seed"], max_train=ft.get("max_train")
+    )
+    target = _sample(target_all, max_samples, 0)
+    src_features, _, _ = extract_features(model, _loader(source, size), device=device)
+    tgt_features, tgt_labels, tgt_logits = extract_features(model, _loader(target, size), device=device)
+    stats = dataset_statistics(src_features, tgt_features, tgt_labels, n_train=len(target_all))
+    stats.update(
+        {
+            "LogME": logme(tgt_features, tgt_labels),
+            "LEEP": leep(softmax(tgt_logits, axis=1), tgt_labels),
+            "source": pre["dataset"],
+            "target": ft["dataset"],
+            "target_dir": str(ft["dataset_dir"]),
+            "samples": {"source": len(source), "target": len(target)},
+        }
+    )
+    return stats
+
+
+def study_row(name: str, pretrain_dir: str | Path, finetune_dir: str | Path, mode: str = "paper") -> dict:
+    """Measure one target (T per layer, statistics), save both into the fine-tuning run, return the table row."""
+    finetune_dir = Path(finetune_dir)
+    result = measure_runs(pretrain_dir, finetune_dir, mode=mode)
+    save_transferability(result, finetune_dir / "transferability")
+    stats = target_statistics(pretrain_dir, finetune_dir)
+    save_json(stats, finetune_dir / "target_stats.json")
+    test = finetune_dir / "test_metrics.json"
+    accuracy = json.loads(test.read_text()).get("accuracy") if test.is_file() else None
+    return {
+        "dataset": name,
+        "T": result.overall,
+        "most_transferable": result.most_transferable,
+        "G": stats["G"],
+        "D": stats["D"],
+        "N": stats["N"],
+        "LogME": stats["LogME"],
+        "LEEP": stats["LEEP"],
+        "test_accuracy": accuracy,
+        "layers": {layer.name: layer.t for layer in result.layers},
+        "run": str(finetune_dir),
+    }
+
+
+def study_table(rows: Sequence[dict], results: Mapping[str, TransferabilityResult], out_dir: str | Path) -> str:
+    """Write ``study.md``/``.json``, ``curves.png`` and, where possible, the regression and score correlations."""
+    from medtransfer.transferability.regression import (
+        fit_transferability_regression,
+        format_regression,
+        plot_partial_effects,
+    )
+    from medtransfer.transferability.scores import rank_correlation
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_transferability_curves(results, out / "curves.png")
+    headers = ["dataset", "T (overall)", "most transferable", "G", "D", "N", "LogME", "LEEP", "test acc"]
+    table = markdown_table(
+        headers,
+        [[r["dataset"], r["T"], r["most_transferable"], r["G"], r["D"], r["N"], r["LogME"], r["LEEP"],
+          r["test_accuracy"]] for r in rows],
+    )  # fmt: skip
+    lines = ["# Layer-wise transferability study", "", table, ""]
+    summary: dict[str, Any] = {"rows": list(rows)}
+    if len(rows) >= 3:
+        t = [r["T"] for r in rows]
+        summary["rank_correlation"] = {
+            score: {m: rank_correlation([r[score] for r in rows], t, m) for m in ("spearman", "kendall")}
+            for score in ("LogME", "LEEP")
+        }
+        for score, values in summary["rank_correlation"].items():
+            lines.append(f"{score} vs T: Spearman {values['spearman']:.3f}, Kendall {values['kendall']:.3f}")
+        lines.append("")
+    try:
+        fit = fit_transferability_regression([{k: r[k] for k in ("dataset", "T", "G", "D", "N")} for r in rows])
+    except ValueError as err:
+        lines.append(f"Regression of log T on G, D, log N not fitted: {err}")
+    else:
+        summary["regression"] = fit
+        plot_partial_effects(fit, rows, out / "partial_effects.png")
+        lines += ["## log T ≈ a·G + b·D + c·log N + d (standardised predictors)", "", format_regression(fit)]
+    save_json(summary, out / "study.json")
+    text = "\n".join(lines) + "\n"
+    (out / "study.md").write_text(text)
+    return text

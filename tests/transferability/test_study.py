@@ -1,0 +1,111 @@
+"""The study's workflow: pre-train keeps θr, fine-tune keeps θB0, T is measured between real runs, the table is made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+
+from medtransfer.cli import main
+from medtransfer.data import make_synthetic_busi
+from medtransfer.data.synthetic_shapes import SHAPE_CLASSES, make_synthetic_shapes
+from medtransfer.engine import SaveInitialWeights
+from medtransfer.transferability.datasets import transfer_dataset_size, transfer_records
+from medtransfer.transferability.study import measure_runs, study_row, study_table, train_and_evaluate
+
+BUNDLE = REPO / "bundles" / "natural_transferability"
+TINY = {"epochs": 1, "batch_size": 16, "image_size": 32}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A pre-training run on synthetic shapes (4 classes) and a fine-tuning run on synthetic BUSI (3 classes)."""
+    base = tmp_path_factory.mktemp("transfer")
+    shapes = make_synthetic_shapes(base / "shapes", n_per_class=12)
+    busi = make_synthetic_busi(base / "busi", n_per_class=8, image_size=48)
+    common = {**TINY, "runs_dir": str(base / "runs")}
+    pre = train_and_evaluate(
+        BUNDLE, {**common, "dataset_name": "imagefolder", "dataset_dir": str(shapes), "run_name": "pre"}
+    )
+    ft = train_and_evaluate(
+        BUNDLE,
+        {**common, "dataset_name": "busi", "dataset_dir": str(busi), "run_name": "ft",
+         "pretrained_ckpt": str(pre / "model.pt")},
+    )  # fmt: skip
+    return pre, ft, busi
+
+
+def test_runs_keep_their_starting_weights(runs):
+    pre, ft, _ = runs
+    theta_r, theta_a = torch.load(pre / "init.pt", weights_only=True), torch.load(pre / "model.pt", weights_only=True)
+    theta_b0 = torch.load(ft / "init.pt", weights_only=True)
+    assert theta_a["fc.weight"].shape == (len(SHAPE_CLASSES), 512) and theta_b0["fc.weight"].shape == (3, 512)
+    assert not torch.equal(theta_r["conv1.weight"], theta_a["conv1.weight"])  # pre-training moved the weights
+    for key, value in theta_a.items():  # θB0 is θA's body (saved after loading, before the first step)
+        if not key.startswith("fc.") and value.is_floating_point():
+            assert torch.equal(theta_b0[key], value), key
+
+
+def test_measure_between_runs_and_from_the_command_line(runs, tmp_path, capsys):
+    pre, ft, _ = runs
+    result = measure_runs(pre, ft)
+    assert [layer.name for layer in result.layers][-1] == "fc" and len(result.layers) == 10
+    assert result.layers[-1].t == pytest.approx(1.0)  # the new head against its own initialisation
+    body = [layer.t for layer in result.layers[:-1]]
+    assert all(t > 0 for t in body) and result.overall == pytest.approx(sum(body) / len(body))
+    argv = ["transfer", "measure", "--init", str(pre / "init.pt"), "--pretrained", str(pre / "model.pt"),
+            "--finetuned", str(ft / "model.pt"), "--finetune-init", str(ft / "init.pt"), "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "transferability.json").read_text())
+    assert saved["overall"] == pytest.approx(result.overall)
+    assert (tmp_path / "transferability.png").stat().st_size > 1000 and "layer1.0" in capsys.readouterr().out
+
+
+def test_study_table_with_statistics(runs, tmp_path):
+    pre, ft, _ = runs
+    row = study_row("busi", pre, ft)
+    assert row["N"] == transfer_dataset_size("busi", _dataset_dir(ft)) and 0 <= row["D"] <= 1 and row["G"] >= 0
+    assert (ft / "transferability" / "transferability.csv").is_file() and (ft / "target_stats.json").is_file()
+    rows = [row, dict(row, dataset="b2", T=row["T"] * 2, LogME=row["LogME"] + 1, LEEP=row["LEEP"] + 1),
+            dict(row, dataset="b3", T=row["T"] * 3, LogME=row["LogME"] + 2, LEEP=row["LEEP"] - 1)]  # fmt: skip
+    result = measure_runs(pre, ft)
+    text = study_table(rows, {"busi": result, "again": result}, tmp_path)
+    summary = json.loads((tmp_path / "study.json").read_text())
+    assert summary["rank_correlation"]["LogME"]["spearman"] == pytest.approx(1.0)
+    assert summary["rank_correlation"]["LEEP"]["spearman"] == pytest.approx(-0.5)
+    assert "not fitted" in text and "regression" not in summary  # 3 datasets cannot fit 4 parameters
+    assert (tmp_path / "curves.png").is_file()
+
+
+def _dataset_dir(run: Path) -> str:
+    return json.loads((run / "run_info.json").read_text())["settings"]["dataset_dir"]
+
+
+def test_save_initial_weights_is_written_once(tmp_path):
+    from ignite.engine import Engine
+
+    model = torch.nn.Linear(2, 2)
+    engine = Engine(lambda e, b: None)
+    SaveInitialWeights(str(tmp_path), model).attach(engine)
+    engine.run([0], max_epochs=1)
+    first = torch.load(tmp_path / "init.pt", weights_only=True)
+    assert torch.equal(first["weight"], model.weight.detach())
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    engine.run([0], max_epochs=2)  # a resumed run must keep the true starting point
+    assert torch.equal(torch.load(tmp_path / "init.pt", weights_only=True)["weight"], first["weight"])
+
+
+def test_transfer_records_subset_and_trainval(runs):
+    busi = runs[2]
+    train = transfer_records("busi", busi, "train")
+    subset = transfer_records("busi", busi, "train", max_train=9)
+    assert len(subset) == 9 and {r["id"] for r in subset} <= {r["id"] for r in train}
+    assert {r["label"] for r in subset} == {0, 1, 2}  # stratified: every class kept
+    both = transfer_records("busi", busi, "trainval")
+    assert len(both) == len(train) + len(transfer_records("busi", busi, "val"))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        transfer_records("imagenet", busi, "train")
