@@ -109,3 +109,15 @@ def test_transfer_records_subset_and_trainval(runs):
     assert len(both) == len(train) + len(transfer_records("busi", busi, "val"))
     with pytest.raises(ValueError, match="unknown dataset"):
         transfer_records("imagenet", busi, "train")
+
+
+def test_bundle_properties(runs, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    shapes = make_synthetic_shapes(tmp_path / "shapes", n_per_class=4)
+    train = ConfigWorkflow(
+        config_file=str(BUNDLE / "configs" / "train.json"), workflow_type="train", runs_dir=str(tmp_path),
+        dataset_dir=str(shapes),
+    )  # fmt: skip
+    train.initialize()
+    assert train.check_properties() == []
