@@ -22,7 +22,7 @@ from medtransfer.data.synthetic import ensure_synthetic_busi, make_synthetic_bus
 from medtransfer.data.synthetic_ct import ensure_synthetic_lits, make_synthetic_lits
 from medtransfer.data.synthetic_cxr import KERMANY_CLASSES, ensure_synthetic_kermany, make_synthetic_kermany
 from medtransfer.data.synthetic_pocus import ensure_synthetic_pocus, make_synthetic_pocus
-from medtransfer.data.transforms import LoadGreyImaged
+from medtransfer.data.transforms import LoadGreyImaged, LoadRGBd
 
 __all__ = [
     "AFFINE_TOLERANCE_MM",
@@ -33,6 +33,7 @@ __all__ = [
     "SEGMENTATION_FORMATS",
     "UNMAPPED_POLICIES",
     "LoadGreyImaged",
+    "LoadRGBd",
     "RemapLabelsd",
     "check_pair",
     "data_root",

@@ -19,21 +19,15 @@ Nothing is ever downloaded (torchvision datasets are built with ``download=False
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
-from PIL import Image
 
 from medtransfer.data.imagefolder import folder_classes, image_folder_split, read_image_folder
 from medtransfer.data.splits import stratified_split
-from medtransfer.data.transforms import _dicom_to_unit, _is_dicom, _pil_to_grey
 from medtransfer.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
@@ -596,67 +590,3 @@ def natural_class_names(name: str, root: str | Path) -> list[str]:
 def dataset_size(name: str, root: str | Path, seed: int = 0) -> int:
     """Number of training records (after the validation carve): the N of the transferability regression."""
     return len(natural_records(name, root, "train", seed=seed))
-
-
-# --- loader ------------------------------------------------------------------------------------------------------
-
-_GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-
-
-def _array_to_rgb(arr: np.ndarray, key: Hashable) -> np.ndarray:
-    """uint8 HxW, HxWx1, HxWx3 or HxWx4 -> uint8 HxWx3 (grey repeated, alpha dropped)."""
-    if arr.dtype != np.uint8:
-        raise DatasetError(f"array for {key!r} is {arr.dtype}; LoadRGBd expects uint8 (0-255) images")
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        return np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        return arr[..., :3]
-    raise DatasetError(f"array for {key!r} has shape {arr.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    """Float32 HxWx3 in [0, 1] from an image or DICOM file; a DatasetError naming the file otherwise."""
-    try:
-        if _is_dicom(path):
-            return np.repeat(_dicom_to_unit(path)[..., None], 3, axis=-1)
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in _GREY_MODES:
-                rgb = _array_to_rgb(_pil_to_grey(im), str(path))
-            else:
-                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        return rgb.astype(np.float32) / 255.0
-    except DatasetError:
-        raise
-    except Exception as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}; re-export it as PNG/JPEG or remove it") from exc
-
-
-class LoadRGBd(MapTransform):
-    """Load each key (file path or uint8 array, grey or colour) as a float32 tensor (3,H,W) in [0, 1].
-
-    Grey medical images are repeated over three channels so they feed the same ImageNet-style networks as RGB
-    natural images; ``data[f"{key}_path"]`` keeps a file's path so per-image outputs can name it.
-    """
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            value = d[key]
-            if isinstance(value, (str, os.PathLike)):
-                path = Path(value)
-                if not path.is_file():
-                    raise DatasetError(f"image file {path} not found (key {key!r}); check the path in the data list")
-                unit = _read_rgb(path)
-                d[f"{key}_path"] = str(path)
-            elif isinstance(value, np.ndarray):
-                unit = _array_to_rgb(value, key).astype(np.float32) / 255.0
-            else:
-                raise DatasetError(f"{key!r} holds a {type(value).__name__}; expected a file path or a uint8 array")
-            d[key] = torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1)))
-        return d

@@ -103,18 +103,21 @@ def _read_file(path: Path) -> np.ndarray:
         raise DatasetError(f"cannot read image {path}: {exc}; re-export it as PNG or remove it") from exc
 
 
-class LoadGreyImaged(MapTransform):
-    """Load each key (file path or uint8 array) as a float32 tensor (1,H,W) in [0, 1].
-
-    BUSI PNGs are saved as RGB although they are grey, and MedMNIST comes as arrays, so one loader
-    for both keeps the rest of the pipeline single-channel. DICOM files (``.dcm``, or any file with
-    the DICOM magic whatever its name) are read with pydicom and stretched to [0, 1] by their own min/max
-    (:func:`_dicom_to_unit`). For paths, ``data[f"{key}_path"]`` keeps the source file so per-image
-    outputs (CSV rows) can name it.
-    """
+class _LoadImaged(MapTransform):
+    """Shared loop of the image loaders: each key holds a file path or a uint8 array; a path is kept in
+    ``data[f"{key}_path"]`` so per-image outputs (CSV rows) can name the source file."""
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
+
+    def _from_file(self, path: Path) -> np.ndarray:
+        raise NotImplementedError
+
+    def _from_array(self, value: np.ndarray, key: Hashable) -> np.ndarray:
+        raise NotImplementedError
+
+    def _to_tensor(self, unit: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -124,11 +127,81 @@ class LoadGreyImaged(MapTransform):
                 path = Path(value)
                 if not path.is_file():
                     raise DatasetError(f"image file {path} not found (key {key!r}); check the path in the data list")
-                unit = _read_file(path)
+                unit = self._from_file(path)
                 d[f"{key}_path"] = str(path)
             elif isinstance(value, np.ndarray):
-                unit = _array_to_grey(value, key).astype(np.float32) / 255.0
+                unit = self._from_array(value, key).astype(np.float32) / 255.0
             else:
                 raise DatasetError(f"{key!r} holds a {type(value).__name__}; expected a file path or a uint8 array")
-            d[key] = torch.from_numpy(unit).unsqueeze(0)
+            d[key] = self._to_tensor(unit)
         return d
+
+
+class LoadGreyImaged(_LoadImaged):
+    """Load each key (file path or uint8 array) as a float32 tensor (1,H,W) in [0, 1].
+
+    BUSI PNGs are saved as RGB although they are grey, and MedMNIST comes as arrays, so one loader
+    for both keeps the rest of the pipeline single-channel. DICOM files (``.dcm``, or any file with
+    the DICOM magic whatever its name) are read with pydicom and stretched to [0, 1] by their own min/max
+    (:func:`_dicom_to_unit`).
+    """
+
+    def _from_file(self, path: Path) -> np.ndarray:
+        return _read_file(path)
+
+    def _from_array(self, value: np.ndarray, key: Hashable) -> np.ndarray:
+        return _array_to_grey(value, key)
+
+    def _to_tensor(self, unit: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(unit).unsqueeze(0)
+
+
+_GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _array_to_rgb(arr: np.ndarray, key: Hashable) -> np.ndarray:
+    """uint8 HxW, HxWx1, HxWx3 or HxWx4 -> uint8 HxWx3 (grey repeated, alpha dropped)."""
+    if arr.dtype != np.uint8:
+        raise DatasetError(f"array for {key!r} is {arr.dtype}; LoadRGBd expects uint8 (0-255) images")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        return arr[..., :3]
+    raise DatasetError(f"array for {key!r} has shape {arr.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """Float32 HxWx3 in [0, 1] from an image or DICOM file; a DatasetError naming the file otherwise."""
+    try:
+        if _is_dicom(path):
+            return np.repeat(_dicom_to_unit(path)[..., None], 3, axis=-1)
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in _GREY_MODES:
+                rgb = _array_to_rgb(_pil_to_grey(im), str(path))
+            else:
+                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return rgb.astype(np.float32) / 255.0
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}; re-export it as PNG/JPEG or remove it") from exc
+
+
+class LoadRGBd(_LoadImaged):
+    """Load each key (file path or uint8 array, grey or colour) as a float32 tensor (3,H,W) in [0, 1].
+
+    Grey medical images are repeated over three channels so they feed the same ImageNet-style networks as RGB
+    natural images (the transferability study fine-tunes one network on both).
+    """
+
+    def _from_file(self, path: Path) -> np.ndarray:
+        return _read_rgb(path)
+
+    def _from_array(self, value: np.ndarray, key: Hashable) -> np.ndarray:
+        return _array_to_rgb(value, key)
+
+    def _to_tensor(self, unit: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1)))

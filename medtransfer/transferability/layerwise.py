@@ -46,23 +46,6 @@ from medtransfer.layers import LayerGroup, layer_groups
 from medtransfer.models import build_classifier, read_state_dict
 from medtransfer.report import _save_figure, markdown_table, save_json
 
-__all__ = [
-    "MODES",
-    "ROW_HEADERS",
-    "SHORTCUT_NAMES",
-    "LayerT",
-    "TransferabilityResult",
-    "counted_tensors",
-    "format_transferability",
-    "layerwise_transferability",
-    "load_state",
-    "mean_abs_diff",
-    "measure_files",
-    "paper_overall",
-    "plot_transferability_curves",
-    "save_transferability",
-]
-
 MODES = ("paper", "full")
 SHORTCUT_NAMES = ("downsample", "shortcut", "residual")
 """Module names of residual shortcut paths (torchvision ResNet, common custom nets, MONAI ResidualUnit)."""

@@ -82,7 +82,7 @@ def _loader(records: list[dict], image_size: int, batch_size: int = 128):
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, Resized
 
-    from medtransfer.data.natural import LoadRGBd
+    from medtransfer.data.transforms import LoadRGBd
 
     transform = Compose(
         [

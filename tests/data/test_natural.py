@@ -16,12 +16,12 @@ from PIL import Image
 from medtransfer.data.natural import (
     CIFAR10_CLASSES,
     NATURAL_DATASETS,
-    LoadRGBd,
     dataset_size,
     natural_class_names,
     natural_records,
 )
 from medtransfer.data.pocus_datalist import pocus_datalist
+from medtransfer.data.transforms import LoadRGBd
 from medtransfer.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
