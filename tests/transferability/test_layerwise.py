@@ -493,3 +493,16 @@ def test_measure_files_reads_checkpoints_and_sizes_the_head(tmp_path) -> None:
         measure_files("resnet18", paths[0], str(tmp_path / "missing.pt"), paths[2])
     with pytest.raises(CheckpointError, match="finetuned.pt"):
         measure_files("densenet121", *paths)
+
+
+@pytest.mark.parametrize("mode", ["paper", "full"])
+def test_densenet121_every_group_gets_the_known_ratio(mode):
+    model = torchvision.models.densenet121(weights=None, num_classes=3)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    pretrained = {k: v + 1.0 if v.is_floating_point() else v for k, v in init.items()}
+    finetuned = {k: v + 0.25 if v.is_floating_point() else v for k, v in pretrained.items()}
+    result = layerwise_transferability(model, init, pretrained, finetuned, mode=mode)
+    assert len(result.layers) == 9 and result.layers[-1].name == "classifier"
+    for layer in result.layers:  # |θr − θFB| = 1.25 and |θA − θFB| = 0.25 everywhere
+        assert layer.t == pytest.approx(5.0), layer.name
+    assert result.overall == pytest.approx(5.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO
@@ -121,3 +122,20 @@ def test_bundle_properties(runs, tmp_path):
     )  # fmt: skip
     train.initialize()
     assert train.check_properties() == []
+
+
+def test_regress_and_correlate_commands(tmp_path, capsys):
+    rows = [
+        {"dataset": f"d{i}", "G": g, "D": d, "N": n, "LogME": float(i), "LEEP": float(-i),
+         "T": float(np.exp(0.5 * g - 0.3 * d + 0.1 * np.log(n) + 1.0))}
+        for i, (g, d, n) in enumerate([(0.1, 0.5, 100), (0.4, 0.2, 1000), (0.3, 0.9, 50), (0.8, 0.4, 5000), (0.6, 0.7, 300)])
+    ]  # fmt: skip
+    (tmp_path / "rows.json").write_text(json.dumps({"rows": rows}))
+    assert main(["transfer", "regress", str(tmp_path / "rows.json"), "--out", str(tmp_path / "effects.png")]) == 0
+    out = capsys.readouterr().out
+    assert "R² = 1.000" in out and (tmp_path / "effects.png").stat().st_size > 1000
+    assert main(["transfer", "correlate", str(tmp_path / "rows.json")]) == 0
+    out = capsys.readouterr().out
+    t_rank = np.argsort(np.argsort([r["T"] for r in rows]))
+    expected = np.corrcoef(t_rank, np.arange(5))[0, 1]  # Spearman of LogME = index against T, by hand
+    assert f"LogME vs T over 5 datasets: Spearman {expected:.3f}" in out
