@@ -245,6 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(exc: BaseException):
+    """The MedTransferError behind an exception, if any: bundle runs wrap errors raised inside their config
+    expressions in RuntimeError("Failed to evaluate ..."), which would bury the message that names the file and
+    the fix under a long traceback."""
+    from medtransfer.errors import MedTransferError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MedTransferError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -252,11 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    from medtransfer.errors import MedTransferError
-
     try:
         args.func(args)
-    except MedTransferError as err:
+    except Exception as exc:
+        err = _user_error(exc)
+        if err is None:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -46,3 +46,10 @@ def test_summarize_gives_mean_and_std_over_seeds(tmp_path, capsys):
 def test_errors_are_reported_without_traceback(tmp_path, capsys):
     assert main(["summarize", str(tmp_path / "missing")]) == 2
     assert "test_metrics.json" in capsys.readouterr().err
+
+
+def test_data_errors_inside_a_bundle_run_reach_the_user_plainly(tmp_path, capsys):
+    argv = ["transfer", "pretrain", "--dataset", "cifar100", "--root", str(tmp_path / "none"), "--name", "x"]
+    assert main([*argv, "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cifar100 not found under") and "cifar-100-python" in err and "Traceback" not in err
