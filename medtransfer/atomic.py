@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
@@ -25,3 +28,14 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
             pass
         raise
     return path
+
+
+def write_csv_atomic(
+    path: Path | str, header: Sequence, rows: Iterable[Sequence], lineterminator: str = "\r\n"
+) -> Path:
+    """Write a CSV (header row, then `rows`) atomically; the one CSV writer of every report, history and table."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator=lineterminator)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text_atomic(path, buf.getvalue())

@@ -112,8 +112,8 @@ def _transfer(args: argparse.Namespace) -> None:
             name, _, run = spec.partition("=")
             if not run:
                 raise SystemExit(f"--target takes NAME=FINETUNE_RUN_DIR, got {spec!r}")
-            rows.append(study_row(name, args.pretrain_run, run, mode=args.mode))
             results[name] = measure_runs(args.pretrain_run, run, mode=args.mode)
+            rows.append(study_row(name, args.pretrain_run, run, mode=args.mode, result=results[name]))
         print(study_table(rows, results, args.out))
     else:  # regress, correlate: on the rows a study saved (or any JSON list of rows)
         data = json.loads(Path(args.rows).read_text())
@@ -130,14 +130,12 @@ def _transfer(args: argparse.Namespace) -> None:
             if args.out:
                 print(f"saved {plot_partial_effects(fit, rows, args.out)}")
         else:
-            from medtransfer.transferability.scores import rank_correlation
+            from medtransfer.transferability.scores import score_correlations
 
-            t = [r["T"] for r in rows]
-            for score in ("LogME", "LEEP"):
-                values = [r[score] for r in rows]
+            for score, values in score_correlations(rows).items():
                 print(
-                    f"{score} vs T over {len(rows)} datasets: Spearman {rank_correlation(values, t, 'spearman'):.3f}, "
-                    f"Kendall {rank_correlation(values, t, 'kendall'):.3f}"
+                    f"{score} vs T over {len(rows)} datasets: Spearman {values['spearman']:.3f}, "
+                    f"Kendall {values['kendall']:.3f}"
                 )
 
 

@@ -7,8 +7,6 @@ directory and is written atomically, so an interrupted run never leaves a half-w
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +20,7 @@ from monai.data.utils import set_rnd
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import set_determinism
 
-from medtransfer.atomic import write_text_atomic
+from medtransfer.atomic import write_csv_atomic
 from medtransfer.metrics import classification_report
 from medtransfer.report import plot_confusion_matrix, plot_history, save_json
 from medtransfer.runs import latest_checkpoint
@@ -175,15 +173,15 @@ class ClassificationReport:
     def _write_level(self, prefix: str, sources: list[str], probs: np.ndarray, labels: list) -> dict | None:
         """Predictions CSV, and with labels the metrics JSON and confusion-matrix PNG, of one level."""
         has_labels = all(label is not None for label in labels)
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(
-            ["source", *[f"p_{c}" for c in self.class_names], "predicted", *(["label"] if has_labels else [])]
+        write_csv_atomic(
+            self.output_dir / f"{prefix}_predictions.csv",
+            ["source", *[f"p_{c}" for c in self.class_names], "predicted", *(["label"] if has_labels else [])],
+            (
+                [src, *[f"{v:.6f}" for v in p], self.class_names[int(p.argmax())]]
+                + ([self.class_names[y]] if has_labels else [])
+                for src, p, y in zip(sources, probs, labels, strict=True)
+            ),
         )
-        for src, p, y in zip(sources, probs, labels, strict=True):
-            row = [src, *[f"{v:.6f}" for v in p], self.class_names[int(p.argmax())]]
-            writer.writerow(row + ([self.class_names[y]] if has_labels else []))
-        write_text_atomic(self.output_dir / f"{prefix}_predictions.csv", buf.getvalue())
         if not has_labels:
             logger.info(f"wrote {len(sources)} predictions to {self.output_dir / f'{prefix}_predictions.csv'}")
             return None
@@ -267,11 +265,7 @@ class TrainingHistory:
             {"epochs": self.rows, "best": self.best(), "key_metric": self.key_metric}, self.output_dir / "history.json"
         )
         keys = list(dict.fromkeys(k for r in self.rows for k in r if k != "lr"))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text_atomic(self.output_dir / "history.csv", buf.getvalue())
+        write_csv_atomic(self.output_dir / "history.csv", keys, ([r.get(k) for k in keys] for r in self.rows))
         plot_history([{k: v for k, v in r.items() if k != "lr"} for r in self.rows], self.output_dir / "history.png")
 
 
@@ -507,12 +501,11 @@ class LRRecorder:
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         names = [g.name for g in self.metalr.groups]
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["iteration", *names])
-        for i, row in enumerate(self.metalr.history, start=1):
-            writer.writerow([i, *(f"{v:.8g}" for v in row)])
-        write_text_atomic(self.output_dir / "lr_history.csv", buf.getvalue())
+        write_csv_atomic(
+            self.output_dir / "lr_history.csv",
+            ["iteration", *names],
+            ([i, *(f"{v:.8g}" for v in row)] for i, row in enumerate(self.metalr.history, start=1)),
+        )
         if self.metalr.history:
             plot_lr_curves(
                 self.metalr.history, [g.label for g in self.metalr.groups], self.output_dir / "lr_curves.png"

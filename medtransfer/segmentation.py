@@ -7,8 +7,6 @@ network slice by slice over the volume (MONAI's ``SliceInferer``), so both write
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from collections.abc import Sequence
@@ -21,7 +19,8 @@ from monai.handlers import MeanDice
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.transforms import SqueezeDimd
 
-from medtransfer.atomic import write_text_atomic
+from medtransfer.atomic import write_csv_atomic, write_text_atomic
+from medtransfer.engine import _as_rows
 from medtransfer.report import markdown_table, save_json
 
 logger = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ def make_inferer(
 
 def _pred_label(output):
     """Output transform: ``(preds, labels)`` lists from decollated engine output."""
-    rows = output if isinstance(output, (list, tuple)) else [output]
+    rows = _as_rows(output)
     return [r["pred"] for r in rows], [r["label"] for r in rows]
 
 
@@ -73,7 +72,7 @@ class _Channel:
         self.index = index
 
     def __call__(self, output):
-        rows = output if isinstance(output, (list, tuple)) else [output]
+        rows = _as_rows(output)
         k = self.index
         return [r["pred"][k : k + 1] for r in rows], [r["label"][k : k + 1] for r in rows]
 
@@ -138,8 +137,7 @@ class SegmentationReport:
         self.rows: list[tuple[str, list[float]]] = []
 
     def _collect(self, engine: Engine) -> None:
-        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
-        batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        outputs, batch = _as_rows(engine.state.output), _as_rows(engine.state.batch)
         for out, item in zip(outputs, batch, strict=True):
             pred = torch.as_tensor(out["pred"]).detach().cpu().numpy()
             truth = torch.as_tensor(item[self.label_key]).detach().cpu().numpy()
@@ -151,13 +149,11 @@ class SegmentationReport:
         from medtransfer.metrics import mean_std
 
         names = self.label_names[1:]
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["case", *[f"dice_{n}" for n in names]])
-        for case, dice in self.rows:
-            writer.writerow([case, *[f"{d:.6f}" for d in dice]])
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.output_dir / f"{self.prefix}_cases.csv", buf.getvalue())
+        write_csv_atomic(
+            self.output_dir / f"{self.prefix}_cases.csv",
+            ["case", *[f"dice_{n}" for n in names]],
+            ([case, *[f"{d:.6f}" for d in dice]] for case, dice in self.rows),
+        )
         per_label = {}
         for j, name in enumerate(names):
             values = [d[j] for _, d in self.rows if math.isfinite(d[j])]

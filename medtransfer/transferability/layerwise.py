@@ -27,8 +27,6 @@ The head is shown but never enters the overall score, the mean T over the other 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,7 +38,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from medtransfer.atomic import write_text_atomic
+from medtransfer.atomic import write_csv_atomic
 from medtransfer.errors import CheckpointError
 from medtransfer.layers import LayerGroup, layer_groups
 from medtransfer.models import build_classifier, read_state_dict
@@ -86,6 +84,11 @@ class LayerT:
     note: str = ""
 
 
+def _scored(layers: Sequence[LayerT]) -> list[LayerT]:
+    """The layers the overall score averages: not the head, and with a finite T."""
+    return [la for la in layers if not la.is_head and math.isfinite(la.t)]
+
+
 @dataclass
 class TransferabilityResult:
     """Per-layer T, input to output, and the overall score (mean T over the non-head layers with finite T)."""
@@ -110,7 +113,7 @@ class TransferabilityResult:
             "mode": self.mode,
             "include_shortcut": self.include_shortcut,
             "overall": self.overall,
-            "n_layers_in_overall": sum(1 for la in self.layers if not la.is_head and math.isfinite(la.t)),
+            "n_layers_in_overall": len(_scored(self.layers)),
             "most_transferable": self.most_transferable,
             "sources": dict(self.sources),
             "layers": [asdict(la) for la in self.layers],
@@ -342,7 +345,7 @@ def layerwise_transferability(
         layers.append(LayerT(group.name, group.label, t, d_init, d_pre, len(counted), numel, is_head, note))
 
     overall = paper_overall([la.t for la in layers], head_last=True)
-    body = [la for la in layers if not la.is_head and math.isfinite(la.t)]
+    body = _scored(layers)
     best = max(body, key=lambda la: la.t).name if body else None
     return TransferabilityResult(
         layers=layers,
@@ -410,16 +413,6 @@ def measure_files(
     )
 
 
-def _csv_text(result: TransferabilityResult) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(ROW_HEADERS)
-    for row in result.rows():
-        # repr() of a float round-trips exactly through float(); NaN is written as "nan"
-        writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
-    return buffer.getvalue()
-
-
 def _draw_curve(ax: Any, result: TransferabilityResult, label: str, color: Any, show_overall: bool) -> None:
     x = np.arange(len(result.layers))
     t = np.array([la.t for la in result.layers], dtype=float)
@@ -436,7 +429,13 @@ def save_transferability(result: TransferabilityResult, out_dir: str | Path) -> 
     """Write ``transferability.csv``, ``.json`` and ``.png`` (the per-layer T curve) to ``out_dir``."""
     out_dir = Path(out_dir)
     paths = {
-        "csv": write_text_atomic(out_dir / "transferability.csv", _csv_text(result)),
+        # repr() of a float round-trips exactly through float(); NaN is written as "nan"
+        "csv": write_csv_atomic(
+            out_dir / "transferability.csv",
+            ROW_HEADERS,
+            ([repr(v) if isinstance(v, float) else v for v in row] for row in result.rows()),
+            lineterminator="\n",
+        ),
         "json": save_json(result.to_dict(), out_dir / "transferability.json"),
     }
     fig = Figure(figsize=(max(6.0, 0.45 * len(result.layers) + 2), 4.2))
@@ -494,7 +493,7 @@ def format_transferability(result: TransferabilityResult) -> str:
         )
         for i, la in enumerate(result.layers)
     ]
-    n = sum(1 for la in result.layers if not la.is_head and math.isfinite(la.t))
+    n = len(_scored(result.layers))
     line = (
         f"Overall T ({result.mode} mode, mean over {n} non-head layers): {result.overall:.2f}; "
         f"most transferable layer: {result.most_transferable or 'none'}"

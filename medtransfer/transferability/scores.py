@@ -13,7 +13,7 @@ measured layer-wise transferability T does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,3 +192,14 @@ def rank_correlation(
     else:
         raise ValueError(f"method must be 'spearman' or 'kendall', got {method!r}")
     return float(result.statistic)
+
+
+def score_correlations(
+    rows: Sequence[Mapping], scores: Sequence[str] = ("LogME", "LEEP")
+) -> dict[str, dict[str, float]]:
+    """``{score: {"spearman": rho, "kendall": tau}}`` of each score against ``T`` over study rows (one per dataset)."""
+    t = [r["T"] for r in rows]
+    return {
+        score: {m: rank_correlation([r[score] for r in rows], t, m) for m in ("spearman", "kendall")}
+        for score in scores
+    }

@@ -13,6 +13,7 @@ its own) and leaves its files in the run directory:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -21,21 +22,23 @@ from typing import Any
 
 import numpy as np
 
+from medtransfer.atomic import write_text_atomic
 from medtransfer.report import markdown_table, save_json
 from medtransfer.runs import run_bundle_workflow
 from medtransfer.transferability.datasets import transfer_records
+from medtransfer.transferability.features import extract_features
 from medtransfer.transferability.layerwise import (
     TransferabilityResult,
-    layerwise_transferability,
     load_state,
+    measure_files,
     plot_transferability_curves,
     save_transferability,
 )
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUNDLE = Path("bundles") / "natural_transferability"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# the bundle whose pre-processing the statistics reuse (repository layout: medtransfer/ beside bundles/)
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "natural_transferability"
 
 
 def _run_info(run_dir: Path) -> dict:
@@ -57,42 +60,50 @@ def train_and_evaluate(bundle: str | Path, overrides: Mapping[str, Any], evaluat
 def measure_runs(pretrain_dir: str | Path, finetune_dir: str | Path, mode: str = "paper") -> TransferabilityResult:
     """Per-layer T of a fine-tuning run against the pre-training run it started from."""
     pretrain_dir, finetune_dir = Path(pretrain_dir), Path(finetune_dir)
-    settings = _run_info(finetune_dir)
-    from medtransfer.models import build_classifier
-
-    finetuned = load_state(finetune_dir / "model.pt")
-    model = build_classifier(settings["arch"], num_classes=len(settings["classes"]))
-    return layerwise_transferability(
-        model,
-        load_state(pretrain_dir / "init.pt"),
-        load_state(pretrain_dir / "model.pt"),
-        finetuned,
-        finetune_init=load_state(finetune_dir / "init.pt"),
+    return measure_files(
+        _run_info(finetune_dir)["arch"],
+        pretrain_dir / "init.pt",
+        pretrain_dir / "model.pt",
+        finetune_dir / "model.pt",
+        finetune_init_path=finetune_dir / "init.pt",
         mode=mode,
-        sources={
-            "init": str(pretrain_dir / "init.pt"),
-            "pretrained": str(pretrain_dir / "model.pt"),
-            "finetuned": str(finetune_dir / "model.pt"),
-            "finetune_init": str(finetune_dir / "init.pt"),
-        },
     )
 
 
-def _loader(records: list[dict], image_size: int, batch_size: int = 128):
+def _loader(records: list[dict], image_size: int, bundle: str | Path = DEFAULT_BUNDLE, batch_size: int = 128):
+    """Records -> batches pre-processed exactly as the bundle's validation does (its load + normalize transforms)."""
+    from monai.bundle import ConfigParser
     from monai.data import DataLoader, Dataset
-    from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, Resized
+    from monai.transforms import Compose
 
-    from medtransfer.data.transforms import LoadRGBd
-
+    parser = ConfigParser()
+    parser.read_config(Path(bundle) / "configs" / "train.json")
+    parser["image_size"] = int(image_size)
     transform = Compose(
-        [
-            LoadRGBd(keys="image"),
-            Resized(keys="image", spatial_size=(image_size, image_size), mode="area"),
-            NormalizeIntensityd(keys="image", subtrahend=IMAGENET_MEAN, divisor=IMAGENET_STD, channel_wise=True),
-            EnsureTyped(keys="image", track_meta=False),
-        ]
+        parser.get_parsed_content("load_transforms") + parser.get_parsed_content("normalize_transforms")
     )
     return DataLoader(Dataset(records, transform), batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+@functools.lru_cache(maxsize=4)
+def _source_features(pretrain_dir: str, image_size: int, max_samples: int, device: str) -> np.ndarray:
+    """θA's penultimate features of (a seeded sample of) its own training split: the same for every target."""
+    pre = _run_info(Path(pretrain_dir))
+    source = _sample(
+        transfer_records(pre["dataset"], pre["dataset_dir"], "train", seed=pre["split_seed"]), max_samples, 0
+    )
+    features, _, _ = extract_features(_pretrained_model(pretrain_dir), _loader(source, image_size), device=device)
+    features.setflags(write=False)
+    return features
+
+
+def _pretrained_model(pretrain_dir: str | Path):
+    from medtransfer.models import build_classifier
+
+    pre = _run_info(Path(pretrain_dir))
+    model = build_classifier(pre["arch"], num_classes=len(pre["classes"]))
+    model.load_state_dict(load_state(Path(pretrain_dir) / "model.pt"))
+    return model
 
 
 def _sample(records: list[dict], limit: int, seed: int) -> list[dict]:
@@ -112,24 +123,19 @@ def target_statistics(
     """
     from scipy.special import softmax
 
-    from medtransfer.models import build_classifier
-    from medtransfer.transferability.features import extract_features
     from medtransfer.transferability.scores import leep, logme
     from medtransfer.transferability.statistics import dataset_statistics
 
     pre, ft = _run_info(Path(pretrain_dir)), _run_info(Path(finetune_dir))
-    model = build_classifier(pre["arch"], num_classes=len(pre["classes"]))
-    model.load_state_dict(load_state(Path(pretrain_dir) / "model.pt"))
     size = int(ft["image_size"])
-    source = _sample(
-        transfer_records(pre["dataset"], pre["dataset_dir"], "train", seed=pre["split_seed"]), max_samples, 0
-    )
     target_all = transfer_records(
         ft["dataset"], ft["dataset_dir"], "train", seed=ft["split_seed"], max_train=ft.get("max_train")
     )
     target = _sample(target_all, max_samples, 0)
-    src_features, _, _ = extract_features(model, _loader(source, size), device=device)
-    tgt_features, tgt_labels, tgt_logits = extract_features(model, _loader(target, size), device=device)
+    src_features = _source_features(str(Path(pretrain_dir).resolve()), size, max_samples, device)
+    tgt_features, tgt_labels, tgt_logits = extract_features(
+        _pretrained_model(pretrain_dir), _loader(target, size), device=device
+    )
     stats = dataset_statistics(src_features, tgt_features, tgt_labels, n_train=len(target_all))
     stats.update(
         {
@@ -138,16 +144,25 @@ def target_statistics(
             "source": pre["dataset"],
             "target": ft["dataset"],
             "target_dir": str(ft["dataset_dir"]),
-            "samples": {"source": len(source), "target": len(target)},
+            "samples": {"source": len(src_features), "target": len(target)},
         }
     )
     return stats
 
 
-def study_row(name: str, pretrain_dir: str | Path, finetune_dir: str | Path, mode: str = "paper") -> dict:
-    """Measure one target (T per layer, statistics), save both into the fine-tuning run, return the table row."""
+def study_row(
+    name: str,
+    pretrain_dir: str | Path,
+    finetune_dir: str | Path,
+    mode: str = "paper",
+    result: TransferabilityResult | None = None,
+) -> dict:
+    """Measure one target (T per layer, statistics), save both into the fine-tuning run, return the table row.
+
+    ``result`` is the target's :func:`measure_runs` when the caller already has it (the study also plots it).
+    """
     finetune_dir = Path(finetune_dir)
-    result = measure_runs(pretrain_dir, finetune_dir, mode=mode)
+    result = result if result is not None else measure_runs(pretrain_dir, finetune_dir, mode=mode)
     save_transferability(result, finetune_dir / "transferability")
     stats = target_statistics(pretrain_dir, finetune_dir)
     save_json(stats, finetune_dir / "target_stats.json")
@@ -175,10 +190,9 @@ def study_table(rows: Sequence[dict], results: Mapping[str, TransferabilityResul
         format_regression,
         plot_partial_effects,
     )
-    from medtransfer.transferability.scores import rank_correlation
+    from medtransfer.transferability.scores import score_correlations
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     plot_transferability_curves(results, out / "curves.png")
     headers = ["dataset", "T (overall)", "most transferable", "G", "D", "N", "LogME", "LEEP", "test acc"]
     table = markdown_table(
@@ -189,11 +203,7 @@ def study_table(rows: Sequence[dict], results: Mapping[str, TransferabilityResul
     lines = ["# Layer-wise transferability study", "", table, ""]
     summary: dict[str, Any] = {"rows": list(rows)}
     if len(rows) >= 3:
-        t = [r["T"] for r in rows]
-        summary["rank_correlation"] = {
-            score: {m: rank_correlation([r[score] for r in rows], t, m) for m in ("spearman", "kendall")}
-            for score in ("LogME", "LEEP")
-        }
+        summary["rank_correlation"] = score_correlations(rows)
         for score, values in summary["rank_correlation"].items():
             lines.append(f"{score} vs T: Spearman {values['spearman']:.3f}, Kendall {values['kendall']:.3f}")
         lines.append("")
@@ -207,5 +217,5 @@ def study_table(rows: Sequence[dict], results: Mapping[str, TransferabilityResul
         lines += ["## log T ≈ a·G + b·D + c·log N + d (standardised predictors)", "", format_regression(fit)]
     save_json(summary, out / "study.json")
     text = "\n".join(lines) + "\n"
-    (out / "study.md").write_text(text)
+    write_text_atomic(out / "study.md", text)
     return text

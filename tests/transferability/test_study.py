@@ -67,12 +67,12 @@ def test_measure_between_runs_and_from_the_command_line(runs, tmp_path, capsys):
 
 def test_study_table_with_statistics(runs, tmp_path):
     pre, ft, _ = runs
-    row = study_row("busi", pre, ft)
+    result = measure_runs(pre, ft)
+    row = study_row("busi", pre, ft, result=result)
     assert row["N"] == transfer_dataset_size("busi", _dataset_dir(ft)) and 0 <= row["D"] <= 1 and row["G"] >= 0
     assert (ft / "transferability" / "transferability.csv").is_file() and (ft / "target_stats.json").is_file()
     rows = [row, dict(row, dataset="b2", T=row["T"] * 2, LogME=row["LogME"] + 1, LEEP=row["LEEP"] + 1),
             dict(row, dataset="b3", T=row["T"] * 3, LogME=row["LogME"] + 2, LEEP=row["LEEP"] - 1)]  # fmt: skip
-    result = measure_runs(pre, ft)
     text = study_table(rows, {"busi": result, "again": result}, tmp_path)
     summary = json.loads((tmp_path / "study.json").read_text())
     assert summary["rank_correlation"]["LogME"]["spearman"] == pytest.approx(1.0)
