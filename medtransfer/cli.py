@@ -43,9 +43,10 @@ def _summarize(args: argparse.Namespace) -> None:
     table = format_summary(summary)
     print(table)
     if args.out:
+        from medtransfer.atomic import write_text_atomic
+
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(table + "\n")
+        write_text_atomic(out.with_suffix(".md"), table + "\n")
         save_json(summary, out.with_suffix(".json"))
         print(f"saved {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 

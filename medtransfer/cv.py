@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from medtransfer.atomic import write_text_atomic
 from medtransfer.errors import RunDirectoryError
 from medtransfer.metrics import classification_report, confusion_report, mean_std
 from medtransfer.report import markdown_table, plot_confusion_matrix, save_json
@@ -28,7 +29,8 @@ from medtransfer.runs import checkpoint_epoch, run_bundle_workflow, timestamp
 logger = logging.getLogger(__name__)
 
 FOLD_METRICS = ("accuracy", "auc", "macro_f1")
-LEVELS = {"frame": "test_metrics.json", "clip": "test_clip_metrics.json"}
+# level -> the prefix of the ClassificationReport files (``<prefix>_metrics.json``, ``<prefix>_predictions.csv``)
+LEVELS = {"frame": "test", "clip": "test_clip"}
 
 
 def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
@@ -111,7 +113,7 @@ def run_cross_validation(
         if not 0 <= fold < folds:
             raise ValueError(f"fold {fold} is outside 0..{folds - 1}")
         fold_dir = cv_dir / f"fold{fold}"
-        if (fold_dir / LEVELS["frame"]).is_file():
+        if (fold_dir / f"{LEVELS['frame']}_metrics.json").is_file():
             logger.info(f"fold {fold + 1}/{folds}: already evaluated, kept")
             continue
         run = {**settings, "fold": fold, "runs_dir": str(cv_dir), "run_name": f"fold{fold}"}
@@ -166,17 +168,18 @@ def summarize_cross_validation(cv_dir: str | Path) -> dict:
     """
     cv_dir = Path(cv_dir)
     fold_dirs = sorted(
-        (d for d in cv_dir.glob("fold*") if (d / LEVELS["frame"]).is_file()), key=lambda d: int(d.name[4:])
+        (d for d in cv_dir.glob("fold*") if (d / f"{LEVELS['frame']}_metrics.json").is_file()),
+        key=lambda d: int(d.name[4:]),
     )
     if not fold_dirs:
-        raise FileNotFoundError(f"no evaluated fold (fold*/{LEVELS['frame']}) in {cv_dir}")
+        raise FileNotFoundError(f"no evaluated fold (fold*/{LEVELS['frame']}_metrics.json) in {cv_dir}")
     summary: dict[str, Any] = {"cv_dir": str(cv_dir), "folds": [d.name for d in fold_dirs]}
     lines = [f"# Cross-validation: {cv_dir}", "", f"Folds evaluated: {', '.join(summary['folds'])}."]
-    for level, filename in LEVELS.items():
-        files = [d / filename for d in fold_dirs]
+    for level, prefix in LEVELS.items():
+        files = [d / f"{prefix}_metrics.json" for d in fold_dirs]
         if not all(f.is_file() for f in files):
             continue
-        predictions = [d / filename.replace("_metrics.json", "_predictions.csv") for d in fold_dirs]
+        predictions = [d / f"{prefix}_predictions.csv" for d in fold_dirs]
         pooled = _pool([json.loads(f.read_text()) for f in files], predictions)
         summary[level] = pooled
         names = pooled["class_names"]
@@ -207,8 +210,6 @@ def summarize_cross_validation(cv_dir: str | Path) -> dict:
         ]
     save_json(summary, cv_dir / "cv_summary.json")
     text = "\n".join(lines) + "\n"
-    from medtransfer.atomic import write_text_atomic
-
     write_text_atomic(cv_dir / "cv_summary.md", text)
     print(text)
     return summary

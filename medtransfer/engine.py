@@ -407,6 +407,11 @@ class ResumeFromRun:
                 self.best_saver.load_state_dict({"_saved": [(best[f"val_{key}"], self.best_file)]})
 
 
+def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every tensor is finite, with one device-to-host sync for all of them (not one per tensor)."""
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 class MetaLRIteration:
     """``iteration_update`` for MONAI's SupervisedTrainer that tunes layer-wise LRs with MetaLR.
 
@@ -442,7 +447,7 @@ class MetaLRIteration:
             grads = [[p.grad for p in group.params] for group in metalr.groups]
             # with AMP an overflowing step is skipped by the scaler: skip its meta update too (without AMP a
             # non-finite gradient gives a non-finite hypergradient, which MetaLR.update ignores)
-            finite = scaler is None or all(g is None or torch.isfinite(g).all() for gs in grads for g in gs)
+            finite = scaler is None or _all_finite([g for gs in grads for g in gs if g is not None])
             if finite:
                 batch = engine.prepare_batch(next(self.val_batches), engine.state.device, engine.non_blocking)
                 context = (
@@ -482,13 +487,12 @@ class LRRecorder:
         self._writer = None
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._log_scalars)
+        if self.tensorboard:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._log_scalars)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         engine.add_event_handler(Events.COMPLETED, self._close)
 
     def _log_scalars(self, engine: Engine) -> None:
-        if not self.tensorboard:
-            return
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 

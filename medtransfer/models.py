@@ -156,12 +156,12 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True, key
         raise ValueError(f"key_map must be one of {KEY_MAPS}, got {key_map!r}")
     source = read_state_dict(path)
     target = model.state_dict()
+    head = _head_keys(model)
     dropped: list[str] = []
     if key_map == "order":
-        source, dropped = _map_by_order(source, target, _head_keys(model), path)
+        source, dropped = _map_by_order(source, target, head, path)
     prefix = max(_KEY_PREFIXES, key=lambda p: sum(k[len(p) :] in target for k in source if k.startswith(p)))
     state = {k[len(prefix) :]: v for k, v in source.items() if k.startswith(prefix)}
-    head = _head_keys(model)
     report = LoadReport(
         path=str(path), prefix=prefix, ignored=dropped + [k for k in source if not k.startswith(prefix)]
     )
@@ -203,7 +203,7 @@ def _map_by_order(
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename the checkpoint's backbone tensors to the model's non-head keys, position by position."""
     dropped = [k for k in source if _NON_BACKBONE.match(k)]
-    backbone = [(k, v) for k, v in source.items() if k not in dropped]
+    backbone = [(k, v) for k, v in source.items() if not _NON_BACKBONE.match(k)]
     names = [k for k in target if k not in head]
     if len(backbone) != len(names):
         raise CheckpointError(

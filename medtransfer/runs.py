@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medtransfer.atomic import write_text_atomic
 from medtransfer.errors import RunDirectoryError
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
@@ -128,7 +127,9 @@ def write_run_info(run_dir: str | Path, settings: dict | None = None) -> dict:
     if path.exists():  # a resumed run keeps the history of how it was started
         previous = json.loads(path.read_text())
         info["previous"] = previous.get("previous", []) + [{k: v for k, v in previous.items() if k != "previous"}]
-    write_text_atomic(path, json.dumps(info, indent=2))
+    from medtransfer.report import save_json  # report imports plotting; only this function needs it
+
+    save_json(info, path)
     return info
 
 
