@@ -12,11 +12,11 @@ from pathlib import Path
 from medtransfer.data.busi import BUSI_CLASSES, read_busi
 from medtransfer.data.imagefolder import IMAGE_SUFFIXES, folder_classes, image_folder_split
 from medtransfer.data.medmnist import medmnist_records
-from medtransfer.data.splits import stratified_split
+from medtransfer.data.splits import SPLIT_NAMES, split_records
 from medtransfer.errors import DatasetError
 
 FORMATS = ("busi", "medmnist", "imagefolder")
-SPLITS = ("train", "val", "test")
+SPLITS = SPLIT_NAMES
 
 # Class names of the MedMNIST files this project uses, in label order (MedMNIST v2 `INFO`).
 MEDMNIST_CLASSES = {
@@ -63,8 +63,7 @@ def classification_datalist(
     if dataset_format == "imagefolder":
         return image_folder_split(dataset_dir, split, seed=seed)
     records = read_busi(dataset_dir)
-    idx = stratified_split([r["label"] for r in records], fractions=fractions, seed=seed)[split]
-    return [{"image": records[i]["image"], "label": records[i]["label"], "id": records[i]["id"]} for i in idx]
+    return [{k: r[k] for k in ("image", "label", "id")} for r in split_records(records, fractions, seed)[split]]
 
 
 def image_folder_datalist(input_dir: str | Path) -> list[dict]:

@@ -6,13 +6,18 @@ transferability experiments; class names are the sorted folder names.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from medtransfer.data.splits import stratified_split
+from medtransfer.data.splits import carve_val, split_records
 from medtransfer.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders embedded numbers by value: ``fold2`` before ``fold10``, ``volume-9`` before ``volume-10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
 def folder_classes(root: str | Path) -> list[str]:
@@ -51,9 +56,7 @@ def image_folder_split(root: str | Path, split: str, seed: int = 0, val_fraction
     root, classes = Path(root), folder_classes(root)
     if not (root / "train").is_dir():
         records = read_image_folder(root, classes)
-        fractions = (1 - 2 * val_fraction, val_fraction, val_fraction)
-        idx = stratified_split([r["label"] for r in records], fractions=fractions, seed=seed)[split]
-        return [records[i] for i in idx]
+        return split_records(records, (1 - 2 * val_fraction, val_fraction, val_fraction), seed)[split]
     if split == "test" or (split == "val" and (root / "val").is_dir()):
         if not (root / split).is_dir():
             raise DatasetError(f"{root} has train/ but no {split}/ folder")
@@ -61,5 +64,4 @@ def image_folder_split(root: str | Path, split: str, seed: int = 0, val_fraction
     train = read_image_folder(root / "train", classes)
     if (root / "val").is_dir():
         return train
-    idx = stratified_split([r["label"] for r in train], fractions=(1 - val_fraction, val_fraction, 0.0), seed=seed)
-    return [train[i] for i in idx[split]]
+    return carve_val(train, split, val_fraction, seed)

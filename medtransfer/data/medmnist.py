@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from medtransfer.data.splits import SPLIT_NAMES
 from medtransfer.errors import DatasetError
 
-MEDMNIST_SPLITS = ("train", "val", "test")
+MEDMNIST_SPLITS = SPLIT_NAMES
 
 
 def read_medmnist(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from medtransfer.data.imagefolder import folder_classes, image_folder_split, read_image_folder
-from medtransfer.data.splits import stratified_split
+from medtransfer.data.splits import SPLIT_NAMES, carve_val, split_records
 from medtransfer.errors import DatasetError
 
-SPLITS = ("train", "val", "test")
+SPLITS = SPLIT_NAMES
 VAL_FRACTION = 0.1  # of the training part, where a set has no official validation split
 CALTECH101_TRAIN_PER_CLASS = 30
 UCMERCED_TEST_FRACTION = 0.2
@@ -78,9 +78,7 @@ def _torchvision(name: str, root: Path, build: Callable[[], Any]) -> Any:
 
 def _carve_val(records: Records, split: str, seed: int) -> Records:
     """Train or val part of an official training set: val is a seeded, stratified VAL_FRACTION of it."""
-    labels = [r["label"] for r in records]
-    idx = stratified_split(labels, fractions=(1 - VAL_FRACTION, VAL_FRACTION, 0.0), seed=seed)[split]
-    return [records[i] for i in idx]
+    return carve_val(records, split, VAL_FRACTION, seed)
 
 
 def _official_train_test(read_part: Callable[[bool], Records], split: str, seed: int) -> Records:
@@ -196,9 +194,7 @@ def _caltech101_records(root: Path, split: str, seed: int) -> Records:
         perm = rng.permutation(idx)
         pool += perm[:CALTECH101_TRAIN_PER_CLASS].tolist()
         test += perm[CALTECH101_TRAIN_PER_CLASS:].tolist()
-    if split == "test":
-        return [records[i] for i in sorted(test)]
-    return _carve_val([records[i] for i in sorted(pool)], split, seed)
+    return _official_train_test(lambda train: [records[i] for i in sorted(pool if train else test)], split, seed)
 
 
 # --- CUB-200-2011 (its own text files) -------------------------------------------------------------------------
@@ -360,12 +356,8 @@ def _ucmerced_base(root: Path) -> Path:
 def _ucmerced_records(root: Path, split: str, seed: int) -> Records:
     base = _ucmerced_base(root)
     records = read_image_folder(base, folder_classes(base))
-    idx = stratified_split(
-        [r["label"] for r in records], (1 - UCMERCED_TEST_FRACTION, 0.0, UCMERCED_TEST_FRACTION), seed
-    )
-    if split == "test":
-        return [records[i] for i in idx["test"]]
-    return _carve_val([records[i] for i in idx["train"]], split, seed)
+    parts = split_records(records, (1 - UCMERCED_TEST_FRACTION, 0.0, UCMERCED_TEST_FRACTION), seed)
+    return _official_train_test(lambda train: parts["train" if train else "test"], split, seed)
 
 
 def _imagefolder_base(root: Path) -> Path:

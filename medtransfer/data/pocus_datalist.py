@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from medtransfer.data.folds import grouped_validation_split, train_val_test_folds
-from medtransfer.data.imagefolder import IMAGE_SUFFIXES
+from medtransfer.data.imagefolder import IMAGE_SUFFIXES, natural_key
 from medtransfer.data.pocus import (
     IMAGE_EXTENSIONS,
     POCUS_CLASSES,
@@ -35,16 +35,13 @@ from medtransfer.data.pocus import (
     read_clip_frames,
     read_pocus_clips,
 )
+from medtransfer.data.splits import SPLIT_NAMES
 from medtransfer.data.synthetic import save_grey_image
 from medtransfer.errors import DatasetError
 
 POCUS_FORMATS = ("pocus_videos", "pocus_frames")
-SPLITS = ("train", "val", "test")
+SPLITS = SPLIT_NAMES
 _FRAME_RE = re.compile(r"^(?P<clip>.+?)[_-](?:frame)?(?P<frame>\d+)$")
-
-
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 def _class_order(names: set[str]) -> list[str]:
@@ -82,7 +79,7 @@ def _frame_parts(root: Path) -> list[Path]:
             "train/val/test or one folder per fold"
         )
     parts = sorted(
-        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: _natural_key(p.name)
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name)
     )
     if not parts:
         raise DatasetError(f"{root} holds no split or fold folders; expected <part>/<class>/<clip>_<frame>.png")

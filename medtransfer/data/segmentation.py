@@ -20,6 +20,7 @@ from monai.data import MetaTensor, load_decathlon_datalist
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
+from medtransfer.data.imagefolder import natural_key
 from medtransfer.data.splits import SPLIT_NAMES, stratified_split
 from medtransfer.errors import DatasetError
 
@@ -67,11 +68,6 @@ def _nifti_stem(path: Path) -> str:
 
 def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES) and not _is_junk(path)
-
-
-def _natural_key(text: str) -> list:
-    """``case2`` before ``case10``: digit runs compare as numbers."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
 def _header(path: Path) -> Any:
@@ -161,7 +157,7 @@ def read_lits(root: str | Path) -> list[dict]:
         )
     folders = [base] + sorted(
         (p for p in base.iterdir() if p.is_dir() and not _is_junk(p) and p.name not in _SKIP_DIRS),
-        key=lambda p: _natural_key(p.name),
+        key=lambda p: natural_key(p.name),
     )
     volumes, segmentations = [], []
     for folder in folders:
@@ -342,7 +338,7 @@ def segmentation_file_list(input_dir: str | Path) -> list[dict]:
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
             and not _is_label_file(p, path)
         ]
-        files.sort(key=lambda p: _natural_key(str(p.relative_to(path))))
+        files.sort(key=lambda p: natural_key(str(p.relative_to(path))))
         if not files:
             raise DatasetError(
                 f"no .nii or .nii.gz files under {path}; pass the folder (or file) holding the CT volumes"

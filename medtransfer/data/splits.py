@@ -86,3 +86,15 @@ def stratified_split(
             start += count
         seen += n
     return {name: sorted(part) for name, part in zip(SPLIT_NAMES, splits, strict=True)}
+
+
+def split_records(records: Sequence[dict], fractions: tuple[float, float, float], seed: int = 0) -> dict[str, list]:
+    """:func:`stratified_split` applied to records by their ``"label"``: ``{"train", "val", "test"}`` -> records."""
+    idx = stratified_split([r["label"] for r in records], fractions=fractions, seed=seed)
+    return {name: [records[i] for i in part] for name, part in idx.items()}
+
+
+def carve_val(records: Sequence[dict], split: str, val_fraction: float, seed: int = 0) -> list:
+    """The ``"train"`` or ``"val"`` part of a training set whose validation is a seeded, stratified fraction of it
+    (so model selection never touches a test split)."""
+    return split_records(records, (1 - val_fraction, val_fraction, 0.0), seed)[split]

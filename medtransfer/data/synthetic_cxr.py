@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from medtransfer.data.splits import SPLIT_NAMES
 from medtransfer.data.synthetic import README_NAME, demo_set_is_current, finish_demo_set, save_grey_image
 
 KERMANY_CLASSES = ("NORMAL", "PNEUMONIA")
-KERMANY_SPLITS = ("train", "val", "test")
+KERMANY_SPLITS = SPLIT_NAMES
 SYNTHETIC_VERSION = 1
 MARKER_NAME = ".synthetic_kermany.json"
 _JPEG_QUALITY = 92

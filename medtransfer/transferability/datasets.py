@@ -13,7 +13,7 @@ from typing import Any
 
 from medtransfer.data.classification import class_names, classification_datalist
 from medtransfer.data.natural import NATURAL_DATASETS, natural_class_names, natural_records
-from medtransfer.data.splits import stratified_split
+from medtransfer.data.splits import split_records
 
 MEDICAL_DATASETS = ("busi", "medmnist")
 
@@ -55,8 +55,7 @@ def transfer_records(
         if max_train < 1:
             raise ValueError(f"max_train must be >= 1, got {max_train}")
         fraction = max_train / len(records)
-        keep = stratified_split([r["label"] for r in records], fractions=(fraction, 1 - fraction, 0.0), seed=seed)
-        records = [records[i] for i in sorted(keep["train"])]
+        records = split_records(records, (fraction, 1 - fraction, 0.0), seed)["train"]
     return records
 
 
