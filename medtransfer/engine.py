@@ -20,7 +20,7 @@ from monai.data.utils import set_rnd
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import set_determinism
 
-from medtransfer.atomic import write_csv_atomic
+from medtransfer.atomic import atomic_path, write_csv_atomic
 from medtransfer.metrics import classification_report
 from medtransfer.report import plot_confusion_matrix, plot_history, save_json
 from medtransfer.runs import latest_checkpoint
@@ -339,10 +339,8 @@ class SaveInitialWeights:
         path = self.output_dir / self.filename
         if path.exists():
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, tmp)
 
 
 class EpochCheckpoint:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from medtransfer.atomic import write_text_atomic
+from medtransfer.atomic import atomic_path, write_text_atomic
 from medtransfer.data.busi import BUSI_CLASSES
 
 SYNTHETIC_VERSION = 1
@@ -32,9 +32,11 @@ Use it to test the software, never to draw any clinical or scientific conclusion
 """
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: tuple[float, float]) -> np.ndarray:
-    """Zero-mean, unit-std Gaussian-filtered noise: slowly varying tissue texture."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect")
+def smooth_noise(
+    rng: np.random.Generator, shape: tuple[int, ...], sigma: float | tuple[float, ...], mode: str = "reflect"
+) -> np.ndarray:
+    """Zero-mean, unit-std Gaussian-filtered noise: slowly varying texture for every synthetic generator."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode=mode)
     return (field - field.mean()) / (field.std() + 1e-8)
 
 
@@ -44,7 +46,7 @@ def _tissue(rng: np.random.Generator, size: int, yy: np.ndarray) -> np.ndarray:
     skin = rng.uniform(0.03, 0.07)
     fat = skin + rng.uniform(0.12, 0.25)
     muscle = rng.uniform(0.78, 0.9)
-    wobble = 0.02 * _smooth_noise(rng, (1, size), (0, size / 6))  # layer boundaries are not straight
+    wobble = 0.02 * smooth_noise(rng, (1, size), (0, size / 6))  # layer boundaries are not straight
     dd = d + wobble
     tissue = np.where(dd < skin, 1.6, np.where(dd < fat, 0.3, np.where(dd < muscle, 0.8, 0.5)))
     # a few horizontal layered bands (Cooper's ligaments / fibroglandular layers) inside the gland
@@ -54,7 +56,7 @@ def _tissue(rng: np.random.Generator, size: int, yy: np.ndarray) -> np.ndarray:
     # muscle striations
     phase = rng.uniform(0, 2 * np.pi)
     tissue = tissue + np.where(dd > muscle, 0.15 * np.sin(2 * np.pi * dd * size / rng.uniform(5, 9) + phase), 0.0)
-    tissue = tissue * np.exp(0.3 * _smooth_noise(rng, (size, size), (size / 12, size / 6)))
+    tissue = tissue * np.exp(0.3 * smooth_noise(rng, (size, size), (size / 12, size / 6)))
     tgc = rng.uniform(0.6, 1.4)  # imperfect time-gain compensation: residual depth attenuation
     return np.clip(tissue, 0.05, None) * np.exp(-tgc * d)
 
@@ -129,7 +131,7 @@ def synthetic_busi_image(class_name: str, image_size: int, rng: np.random.Genera
         edge = ndimage.gaussian_filter(mask.astype(float), (1.0 if malignant else 0.5) * size / 128)
         inner = 1.0 - contrast
         if malignant:  # heterogeneous internal echoes
-            inner = inner * np.exp(0.35 * _smooth_noise(rng, (size, size), size / 40))
+            inner = inner * np.exp(0.35 * smooth_noise(rng, (size, size), size / 40))
         post = _posterior(mask, yy, size)
         if malignant:
             echo = echo * (1 - rng.uniform(0.4, 0.75) * post)  # acoustic shadowing
@@ -159,9 +161,8 @@ def _expected_files(out: Path, n_per_class: int) -> list[Path]:
 
 def save_grey_image(array: np.ndarray, path: Path, image_format: str = "PNG", **options) -> None:
     """Write an 8-bit grey image via a temporary name then rename, so a concurrent reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(array, mode="L").save(tmp, format=image_format, **options)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array, mode="L").save(tmp, format=image_format, **options)
 
 
 def finish_demo_set(out: Path, marker_name: str, params: dict, readme: str) -> None:

@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from medtransfer.atomic import atomic_path
 from medtransfer.data.synthetic import README_NAME, demo_set_is_current, finish_demo_set
 
 SYNTHETIC_VERSION = 1
@@ -194,9 +195,8 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
     data = gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _params(n_volumes: int, shape: tuple[int, int, int], spacing: tuple, seed: int) -> dict:

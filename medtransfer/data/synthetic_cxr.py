@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from medtransfer.data.splits import SPLIT_NAMES
-from medtransfer.data.synthetic import README_NAME, demo_set_is_current, finish_demo_set, save_grey_image
+from medtransfer.data.synthetic import README_NAME, demo_set_is_current, finish_demo_set, save_grey_image, smooth_noise
 
 KERMANY_CLASSES = ("NORMAL", "PNEUMONIA")
 KERMANY_SPLITS = SPLIT_NAMES
@@ -33,12 +33,6 @@ that the same class-per-folder reader runs on it. "PNEUMONIA" = one dense lobar 
 fainter patches (virus) blurred into a lung field; "NORMAL" = clear lungs.
 Use it to test the software, never to draw any clinical or scientific conclusion.
 """
-
-
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    """Zero-mean, unit-std Gaussian-filtered noise."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect")
-    return (field - field.mean()) / (field.std() + 1e-8)
 
 
 def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
@@ -94,7 +88,7 @@ def synthetic_cxr_image(
 
     # lung markings: brighter towards the hila, plus faint vessel-like texture (in both classes)
     hilum = np.exp(-(((mid - 0.09) / 0.07) ** 2 + ((y - lung_cy) / 0.1) ** 2))
-    markings = 0.06 * hilum + 0.025 * np.clip(_smooth_noise(rng, (size, size), 1.2 * px), 0, None)
+    markings = 0.06 * hilum + 0.025 * np.clip(smooth_noise(rng, (size, size), 1.2 * px), 0, None)
     density = density + lung_soft * markings
 
     # spine: a brighter segmented column down the middle
@@ -129,12 +123,12 @@ def synthetic_cxr_image(
                 sx, sy, amp = rng.uniform(0.04, 0.065), rng.uniform(0.04, 0.065), rng.uniform(0.4, 0.65)
             blob = np.exp(-((((xx - pxl) / sx) ** 2 + ((yy - py) / sy) ** 2) ** 1.5))  # flat-topped haze
             fill = np.maximum(fill, amp * blob)
-        mottle = np.clip(1 + 0.2 * _smooth_noise(rng, (size, size), 2 * px), 0.5, 1.4)  # patchy, not a clean blob
+        mottle = np.clip(1 + 0.2 * smooth_noise(rng, (size, size), 2 * px), 0.5, 1.4)  # patchy, not a clean blob
         density = density + aeration * lung_soft * np.clip(fill * mottle, 0, 1)
 
     # image formation: slight blur, uneven exposure, window/gamma, quantum noise
     image = ndimage.gaussian_filter(density, 0.7 * px)
-    image = image * np.exp(0.08 * _smooth_noise(rng, (size, size), 30 * px))
+    image = image * np.exp(0.08 * smooth_noise(rng, (size, size), 30 * px))
     gain, offset, gamma = rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.08), rng.uniform(0.8, 1.25)
     image = np.clip(image * gain + offset, 0, 1) ** gamma
     image = image + rng.uniform(0.015, 0.04) * rng.standard_normal((size, size))

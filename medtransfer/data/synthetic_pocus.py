@@ -13,6 +13,7 @@ pleural line), a linear probe a rectangle.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +22,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from medtransfer.atomic import atomic_path
 from medtransfer.data.pocus import POCUS_CLASSES, PROBES
-from medtransfer.data.synthetic import README_NAME, demo_set_is_current, finish_demo_set
+from medtransfer.data.synthetic import README_NAME, demo_set_is_current, finish_demo_set, smooth_noise
+
+_smooth_noise = functools.partial(smooth_noise, mode="wrap")  # lung texture wraps around the scan lines
 
 SYNTHETIC_VERSION = 1
 MARKER_NAME = ".synthetic_pocus.json"
@@ -43,12 +47,6 @@ moving air bronchograms, sometimes a black pleural effusion, few A-lines; "regul
 line with horizontal A-lines.
 Use it to test the software, never to draw any clinical or scientific conclusion.
 """
-
-
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float | tuple[float, ...]) -> np.ndarray:
-    """Zero-mean, unit-std Gaussian-filtered noise."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
-    return (field - field.mean()) / (field.std() + 1e-8)
 
 
 def _speckle(rng: np.random.Generator, shape: tuple[int, int], px: float) -> np.ndarray:
@@ -303,23 +301,17 @@ def _write_clip(frames: np.ndarray, path: Path) -> None:
     """Encode grey frames as an H.264 MP4 (yuv420p, ``FPS`` fps) via a temporary name, then rename."""
     import av  # local import like the reader: only video writing needs PyAV
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(
-                "libx264", rate=FPS, options={"crf": str(_CRF), "preset": "veryfast", "threads": "1"}
-            )
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="gray")):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream(
+            "libx264", rate=FPS, options={"crf": str(_CRF), "preset": "veryfast", "threads": "1"}
+        )
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="gray")):
                 container.mux(packet)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 def _clip_name(class_name: str, patient: int, clip: int) -> str:
