@@ -126,21 +126,39 @@ def pocus_class_names(
     """
     _check_format(dataset_format)
     if dataset_format == "pocus_frames":
-        names = {r["class_name"] for r in read_frame_folders(dataset_dir)}
-    else:
-        names = {r["class_name"] for r in read_pocus_clips(dataset_dir, probe=probe)}
+        return _present_classes(read_frame_folders(dataset_dir), dataset_dir)
+    return _read_clips(dataset_dir, probe, None)[1]
+
+
+def _present_classes(records: Sequence[dict[str, Any]], dataset_dir: str | Path) -> list[str]:
+    names = {r["class_name"] for r in records}
     if len(names) < 2:
         raise DatasetError(f"{dataset_dir} holds only the class(es) {sorted(names)}; classification needs two or more")
     return _class_order(names)
 
 
+def _read_clips(root: str | Path, probe: str, classes: Sequence[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The clips of ``classes`` (default: every known class present) labelled in that order, with the classes;
+    the folder is listed once."""
+    if classes is not None:
+        return read_pocus_clips(root, probe=probe, classes=classes), list(classes)
+    clips = read_pocus_clips(root, probe=probe)
+    present = _present_classes(clips, root)
+    return [c | {"label": present.index(c["class_name"])} for c in clips], present
+
+
 def _frames_from_folders(
-    root: Path, split: str, fold: int, num_folds: int, seed: int, classes: Sequence[str], val_fraction: float
+    all_records: list[dict[str, Any]],
+    root: Path,
+    split: str,
+    fold: int,
+    num_folds: int,
+    seed: int,
+    classes: Sequence[str],
+    val_fraction: float,
 ) -> list[dict[str, Any]]:
-    records = [r for r in read_frame_folders(root) if r["class_name"] in classes]
-    parts = [p.name for p in _frame_parts(root)]
-    for r in records:
-        r["label"] = list(classes).index(r["class_name"])
+    parts = list(dict.fromkeys(r["part"] for r in all_records))  # every part holds frames, in folder order
+    records = [r | {"label": list(classes).index(r["class_name"])} for r in all_records if r["class_name"] in classes]
     if set(parts) <= set(SPLITS):
         if "train" not in parts or "test" not in parts:
             raise DatasetError(f"{root} has split folders {parts}; a fixed split needs at least train/ and test/")
@@ -187,12 +205,13 @@ def pocus_datalist(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = Path(dataset_dir)
-    classes = list(classes) if classes is not None else pocus_class_names(root, dataset_format, probe)
     if dataset_format == "pocus_frames":
-        records = _frames_from_folders(root, split, fold, num_folds, seed, classes, val_fraction)
+        frames = read_frame_folders(root)
+        classes = list(classes) if classes is not None else _present_classes(frames, root)
+        records = _frames_from_folders(frames, root, split, fold, num_folds, seed, classes, val_fraction)
         return [{k: r[k] for k in ("image", "label", "clip", "group")} | {"id": Path(r["image"]).stem} for r in records]
 
-    clips = read_pocus_clips(root, probe=probe, classes=classes)
+    clips, classes = _read_clips(root, probe, classes)
     parts = train_val_test_folds(
         [c["label"] for c in clips], [c["group"] for c in clips], k=num_folds, test_fold=fold, seed=seed,
         val_fraction=val_fraction,
@@ -254,9 +273,7 @@ def extract_pocus_frames(
     out = Path(out_dir)
     if out.exists():
         raise DatasetError(f"{out} already exists; choose a new folder for the extracted frames or delete it")
-    root = Path(dataset_dir)
-    classes = list(classes) if classes is not None else pocus_class_names(root, "pocus_videos", probe)
-    clips = read_pocus_clips(root, probe=probe, classes=classes)
+    clips, _ = _read_clips(dataset_dir, probe, classes)
     from medtransfer.data.folds import grouped_stratified_kfold
 
     folds = grouped_stratified_kfold([c["label"] for c in clips], [c["group"] for c in clips], k=num_folds, seed=seed)
