@@ -129,18 +129,22 @@ def test_paper_overall_excludes_head_and_undefined_layers() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["paper", "full"])
-def test_resnet18_exact_t_per_layer(mode: str) -> None:
-    model = torchvision.models.resnet18(weights=None, num_classes=4)
+def _exact(model, mode: str):
+    """T of a ResNet with known per-tensor offsets, every layer checked against the closed form."""
     init, pretrained, finetuned, a, b = _resnet_states(model)
     result = layerwise_transferability(model, init, pretrained, finetuned, mode=mode)
-
     expected = _expected_resnet(model, a, b, mode)
-    assert [la.name for la in result.layers] == RESNET18_GROUPS
-    assert [la.is_head for la in result.layers] == [False] * 9 + [True]
     for layer in result.layers:
         assert layer.t == pytest.approx(expected[layer.name], rel=1e-9), layer.name
-        assert layer.note == ""
+    return result, expected
+
+
+@pytest.mark.parametrize("mode", ["paper", "full"])
+def test_resnet18_exact_t_per_layer(mode: str) -> None:
+    result, expected = _exact(torchvision.models.resnet18(weights=None, num_classes=4), mode)
+    assert [la.name for la in result.layers] == RESNET18_GROUPS
+    assert [la.is_head for la in result.layers] == [False] * 9 + [True]
+    assert all(layer.note == "" for layer in result.layers)
     body = [expected[g] for g in RESNET18_GROUPS[:-1]]
     assert result.overall == pytest.approx(sum(body) / len(body), rel=1e-9)
     assert result.most_transferable == max(RESNET18_GROUPS[:-1], key=expected.__getitem__)
@@ -151,15 +155,9 @@ def test_resnet18_exact_t_per_layer(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["paper", "full"])
 def test_resnet50_exact_t_per_layer(mode: str) -> None:
-    model = torchvision.models.resnet50(weights=None, num_classes=3)
-    init, pretrained, finetuned, a, b = _resnet_states(model)
-    result = layerwise_transferability(model, init, pretrained, finetuned, mode=mode)
-
-    expected = _expected_resnet(model, a, b, mode)
+    result, expected = _exact(torchvision.models.resnet50(weights=None, num_classes=3), mode)
     assert len(result.layers) == 18
     assert [la.name for la in result.layers] == list(expected)
-    for layer in result.layers:
-        assert layer.t == pytest.approx(expected[layer.name], rel=1e-9), layer.name
     if mode == "paper":  # three convs per bottleneck, downsample excluded
         assert [la.n_tensors for la in result.layers] == [1] + [3] * 16 + [1]
 
