@@ -7,6 +7,7 @@ directory and is written atomically, so an interrupted run never leaves a half-w
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -201,6 +202,12 @@ class ClassificationReport:
         return report
 
 
+def read_history(run_dir: str | Path) -> dict | None:
+    """A run's ``history.json`` (written by :class:`TrainingHistory`), or None when it has none yet."""
+    path = Path(run_dir) / "history.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 class TrainingHistory:
     """Per-epoch training loss and validation metrics as ``history.json``/``.csv``/``.png`` in the run directory.
 
@@ -221,11 +228,9 @@ class TrainingHistory:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._end_epoch)
 
     def _restore(self, engine: Engine) -> None:
-        import json
-
-        path = self.output_dir / "history.json"
-        if engine.state.epoch > 0 and path.is_file():
-            self.rows = [r for r in json.loads(path.read_text())["epochs"] if r["epoch"] <= engine.state.epoch]
+        recorded = read_history(self.output_dir)
+        if engine.state.epoch > 0 and recorded is not None:
+            self.rows = [r for r in recorded["epochs"] if r["epoch"] <= engine.state.epoch]
 
     def _start_epoch(self, engine: Engine) -> None:
         self._losses: list[float] = []
@@ -394,11 +399,8 @@ class ResumeFromRun:
         CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu").attach(
             engine
         )
-        history = Path(self.run_dir) / "history.json"
-        if self.best_saver is not None and history.is_file():
-            import json
-
-            recorded = json.loads(history.read_text())
+        recorded = read_history(self.run_dir)
+        if self.best_saver is not None and recorded is not None:
             best, key = recorded.get("best"), recorded.get("key_metric")
             if best and key and self.best_saver._key_metric_checkpoint is not None:
                 # the best model on disk keeps its place: a worse epoch after resuming must not replace it
