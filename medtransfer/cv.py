@@ -84,7 +84,9 @@ def run_cross_validation(
     ``runs/<bundle>/cv_<timestamp>``). ``only_folds`` restricts which folds run now (the report covers every fold
     whose evaluation exists), so folds can be spread over machines and pooled at the end.
     """
-    bundle = Path(bundle_dir)
+    from medtransfer.bundling import bundle_path, strategy_path
+
+    bundle = bundle_path(bundle_dir)
     configs = bundle / "configs"
     if not (configs / "train.json").is_file() or not (configs / "evaluate.json").is_file():
         raise FileNotFoundError(f"{configs} must hold train.json and evaluate.json; pass a bundle folder")
@@ -93,7 +95,7 @@ def run_cross_validation(
         raise RunDirectoryError(
             f"cross-validation folder {cv_dir} already exists; pass --resume to continue it or choose another --name"
         )
-    extra = [Path(c) for c in config_files]
+    extra = [strategy_path(c) for c in config_files]
     settings = {**dict(overrides or {}), "num_folds": folds}
     record = {"bundle": str(bundle), "folds": folds, "config_files": [str(c) for c in extra], "overrides": settings}
     recorded = cv_dir / "cv_settings.json"

@@ -478,42 +478,56 @@ class MetaLRIteration:
 class LRRecorder:
     """Every layer group's LR at every iteration: TensorBoard scalars, ``lr_history.csv`` and ``lr_curves.png``.
 
-    Reads the history MetaLR keeps (restored on resume), so the files always cover the whole run; the CSV and PNG are
-    rewritten atomically at each epoch end.
+    It reads the optimizer's parameter groups after each step, so it records plain schedules and MetaLR's learned
+    LRs alike (MetaLR writes its LRs into the same groups). Its history is part of the checkpoint
+    (``state_dict``), so after a resume the files still cover the whole run; they are rewritten atomically at each
+    epoch end.
     """
 
-    def __init__(self, output_dir: str, metalr, tensorboard: bool = True) -> None:
-        self.output_dir, self.metalr, self.tensorboard = Path(output_dir), metalr, tensorboard
+    def __init__(self, output_dir: str, optimizer: torch.optim.Optimizer, groups: Sequence, tensorboard: bool = True):
+        self.output_dir, self.optimizer, self.groups, self.tensorboard = Path(output_dir), optimizer, groups, tensorboard
+        if len(optimizer.param_groups) != len(groups):
+            raise ValueError(
+                f"LRRecorder: the optimizer has {len(optimizer.param_groups)} parameter groups but there are "
+                f"{len(groups)} layer groups; build the optimizer with medtransfer.layers.param_groups"
+            )
+        self.history: list[list[float]] = []
         self._writer = None
 
     def attach(self, engine: Engine) -> None:
-        if self.tensorboard:
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self._log_scalars)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         engine.add_event_handler(Events.COMPLETED, self._close)
 
-    def _log_scalars(self, engine: Engine) -> None:
+    def _record(self, engine: Engine) -> None:
+        lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        self.history.append(lrs)
+        if not self.tensorboard:
+            return
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
-        for group, lr in zip(self.metalr.groups, self.metalr.history[-1], strict=True):
+        for group, lr in zip(self.groups, lrs, strict=True):
             self._writer.add_scalar(f"lr/{group.label}", lr, engine.state.iteration)
 
     def save(self, engine: Engine | None = None) -> None:
         from medtransfer.report import plot_lr_curves
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        names = [g.name for g in self.metalr.groups]
         write_csv_atomic(
             self.output_dir / "lr_history.csv",
-            ["iteration", *names],
-            ([i, *(f"{v:.8g}" for v in row)] for i, row in enumerate(self.metalr.history, start=1)),
+            ["iteration", *(g.name for g in self.groups)],
+            ([i, *(f"{v:.8g}" for v in row)] for i, row in enumerate(self.history, start=1)),
         )
-        if self.metalr.history:
-            plot_lr_curves(
-                self.metalr.history, [g.label for g in self.metalr.groups], self.output_dir / "lr_curves.png"
-            )
+        if self.history:
+            plot_lr_curves(self.history, [g.label for g in self.groups], self.output_dir / "lr_curves.png")
+
+    def state_dict(self) -> dict:
+        return {"history": torch.tensor(self.history, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [list(map(float, row)) for row in torch.as_tensor(state["history"]).tolist()]
 
     def _close(self, engine: Engine) -> None:
         if self._writer is not None:

@@ -9,25 +9,41 @@ from medtransfer.errors import DatasetError
 
 DATA_ENV = "MEDTRANSFER_DATA"
 
-# medtransfer/data/paths.py -> parents[2] is the repository (or site-packages) root.
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+CACHE_ENV = "MEDTRANSFER_CACHE"
 
 
 def data_root() -> Path:
-    """Return the data folder: ``$MEDTRANSFER_DATA``, else the first existing ``../shared/data``.
+    """Return the data folder: ``$MEDTRANSFER_DATA``, else ``../shared/data`` relative to the working directory.
 
-    The cwd-relative candidate comes first so a checkout run from its own root finds its sibling data;
-    the file-relative one covers running from elsewhere. When neither exists the cwd-relative default
-    is returned unchecked, so callers decide whether a missing folder is an error or a skip.
+    The default suits a checkout run from its own root (development and CI); installed users set the variable.
+    A missing folder is returned unchecked, so callers decide whether it is an error or a skip.
     """
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env).expanduser()
-    candidates = [Path.cwd() / ".." / "shared" / "data", _REPO_ROOT / ".." / "shared" / "data"]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.resolve()
-    return candidates[0]
+    candidate = Path.cwd() / ".." / "shared" / "data"
+    return candidate.resolve() if candidate.is_dir() else candidate
+
+
+def cache_root() -> Path:
+    """The user cache for generated files (demo sets): ``$MEDTRANSFER_CACHE``, else ``$XDG_CACHE_HOME/medtransfer``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medtransfer"
+
+
+def _installed(path: Path) -> bool:
+    return any(part in ("site-packages", "dist-packages") for part in path.parts)
+
+
+def demo_data_dir(bundle_root: str | os.PathLike) -> str:
+    """Where a bundle writes its synthetic demo set: ``<bundle_root>/.demo_data`` for a checkout or a copied bundle,
+    the user cache (``cache_root()/demo_data``) for the installed package, whose folder is not the user's to write."""
+    root = Path(bundle_root).expanduser().resolve()
+    if _installed(root) or not os.access(root, os.W_OK):
+        return str(cache_root() / "demo_data")
+    return str(root / ".demo_data")
 
 
 def require_data(relative: str) -> Path:

@@ -37,8 +37,8 @@ from medtransfer.transferability.layerwise import (
 
 logger = logging.getLogger(__name__)
 
-# the bundle whose pre-processing the statistics reuse (repository layout: medtransfer/ beside bundles/)
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "natural_transferability"
+# the bundle whose pre-processing the statistics reuse (the installed copy)
+DEFAULT_BUNDLE = "natural_transferability"
 
 
 def _run_info(run_dir: Path) -> dict:
@@ -50,7 +50,9 @@ def _run_info(run_dir: Path) -> dict:
 
 def train_and_evaluate(bundle: str | Path, overrides: Mapping[str, Any], evaluate: bool = True) -> Path:
     """Train one run of the bundle (with ``overrides``), then evaluate it on the test split; return the run dir."""
-    configs = Path(bundle) / "configs"
+    from medtransfer.bundling import bundle_path
+
+    configs = bundle_path(bundle) / "configs"
     run_bundle_workflow([configs / "train.json"], overrides)
     if evaluate:
         run_bundle_workflow([configs / "train.json", configs / "evaluate.json"], overrides)
@@ -76,8 +78,10 @@ def _loader(records: list[dict], image_size: int, bundle: str | Path = DEFAULT_B
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose
 
+    from medtransfer.bundling import bundle_path
+
     parser = ConfigParser()
-    parser.read_config(Path(bundle) / "configs" / "train.json")
+    parser.read_config(bundle_path(bundle) / "configs" / "train.json")
     parser["image_size"] = int(image_size)
     transform = Compose(
         parser.get_parsed_content("load_transforms") + parser.get_parsed_content("normalize_transforms")
