@@ -11,6 +11,19 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (``os.umask`` can only set and return)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path in the destination folder to write to; on success it is renamed to `path` (a
@@ -22,6 +35,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files; a result file gets the permissions any new file would (colleagues sharing a
+        # run folder can read it under the usual umask 022)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -15,3 +15,7 @@ class CheckpointError(MedTransferError, ValueError):
 
 class RunDirectoryError(MedTransferError, FileExistsError):
     """A run directory already holds a previous run; nothing is overwritten silently."""
+
+
+class BundleError(MedTransferError, ValueError):
+    """A bundle or strategy name that does not exist, or a folder that is not a bundle."""

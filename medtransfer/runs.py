@@ -17,6 +17,8 @@ from pathlib import Path
 from medtransfer.errors import RunDirectoryError
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+# the copy of the executed config that `monai.bundle run --tracking mlflow` writes into the run folder first
+TRACKING_CONFIG_COPY = re.compile(r"config_\d{8}_\d{6}\.json$")
 
 
 def timestamp() -> str:
@@ -36,8 +38,9 @@ def create_run_dir(path: str | Path, resume: bool = False) -> str:
                 f"cannot resume: {path} holds no checkpoint_epoch=N.pt; check --run_name, or drop --resume to start afresh"
             )
         return str(path)
-    if path.exists() and any(path.iterdir()):
-        contents = ", ".join(sorted(p.name for p in path.iterdir())[:5])
+    previous = [p for p in path.iterdir() if not TRACKING_CONFIG_COPY.match(p.name)] if path.exists() else []
+    if previous:
+        contents = ", ".join(sorted(p.name for p in previous)[:5])
         raise RunDirectoryError(
             f"run directory {path} already exists and holds a previous run ({contents}). Choose another "
             f"--run_name, pass --resume true to continue it, or delete the folder yourself"
@@ -58,14 +61,24 @@ def require_run_dir(path: str | Path, needs: str = "model.pt") -> str:
 
 
 def latest_run(runs_dir: str | Path, needs: str = "model.pt") -> str:
-    """Name of the newest finished run under `runs_dir`, so evaluate/inference work without --run_name."""
+    """Name of the newest finished run under `runs_dir`, so evaluate/inference work without --run_name.
+
+    Cross-validation folds (``runs_dir/cv_<name>/fold<i>``) count too; their name is the relative path
+    ``cv_<name>/fold<i>``, which ``os.path.join(runs_dir, run_name)`` turns back into the folder.
+    """
+    root = Path(runs_dir)
     # ordered by when the model file was written: evaluating an older run must not make it the newest
     runs = sorted(
-        (p for p in Path(runs_dir).glob("*") if (p / needs).is_file()), key=lambda p: (p / needs).stat().st_mtime
+        (p.parent for pattern in (f"*/{needs}", f"*/*/{needs}") for p in root.glob(pattern) if p.is_file()),
+        key=lambda p: (p / needs).stat().st_mtime,
     )
     if not runs:
         raise RunDirectoryError(f"no finished run (with {needs}) under {runs_dir}; train first, or pass --run_name")
-    return runs[-1].name
+    name = runs[-1].relative_to(root).as_posix()
+    import logging
+
+    logging.getLogger(__name__).info(f"no --run_name given: using the newest finished run {name} under {root}")
+    return name
 
 
 def check_same_data(run_dir: str | Path, **settings) -> None:

@@ -1,0 +1,160 @@
+"""`medtransfer run`: one bundle workflow with strategy fragments merged, overrides read as `monai.bundle run` reads them.
+
+The bundle is an installed name (``busi_classification``) or any bundle folder; strategies are fragment names
+(``metalr``) or ``.json`` paths, merged after ``train.json`` in the order given. Overrides go through the same
+parser (python-fire) and the same ``monai.bundle.scripts.run`` as ``python -m monai.bundle run``, so every
+``--key value`` means exactly what it means there. What this adds is the short form and the error contract: a project
+error (bad data, a checkpoint that does not fit, a refused run folder, a bad override) ends the output as one clear
+message, without a traceback unless ``--traceback``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medtransfer.bundling import bundle_path, strategy_path
+from medtransfer.errors import BundleError, MedTransferError
+
+WORKFLOWS = {
+    "train": ("train.json",),
+    "evaluate": ("train.json", "evaluate.json"),
+    "inference": ("train.json", "inference.json"),
+}
+# arguments of monai.bundle.scripts.run that are not config overrides
+_RUN_ARGUMENTS = ("run_id", "init_id", "final_id", "meta_file", "logging_file", "tracking", "args_file")
+
+
+def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
+    """``--key value`` tokens as ``python -m monai.bundle run`` parses them (python-fire: literals, ``--flag``,
+    ``--key=value``)."""
+    import fire
+
+    def collect(**kwargs: Any) -> dict[str, Any]:
+        return kwargs
+
+    tokens = list(tokens)
+    stray = [t for i, t in enumerate(tokens) if not t.startswith("--") and (i == 0 or not tokens[i - 1].startswith("--"))]
+    if stray:
+        raise BundleError(f"unexpected argument {stray[0]!r}: overrides are written --key value (e.g. --epochs 5)")
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            parsed = fire.Fire(collect, command=tokens, name="medtransfer run")
+    except SystemExit as exc:  # fire reports a parse error by printing usage and exiting
+        lines = [line for line in err.getvalue().splitlines() if line.strip()]
+        raise BundleError(f"cannot read the overrides {' '.join(tokens)!r}: {lines[-1] if lines else exc}") from None
+    return dict(parsed or {})
+
+
+def config_files(bundle: str | Path, strategies: Sequence[str] = (), workflow: str = "train") -> list[Path]:
+    """The config files of one workflow: the bundle's own, with the strategy fragments right after ``train.json``."""
+    if workflow not in WORKFLOWS:
+        raise BundleError(f"unknown workflow {workflow!r}; choose one of {', '.join(WORKFLOWS)}")
+    configs = bundle_path(bundle) / "configs"
+    files = [configs / name for name in WORKFLOWS[workflow]]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise BundleError(f"{missing[0]} not found: the bundle {configs.parent} has no {workflow} workflow")
+    return [files[0], *(strategy_path(s) for s in strategies), *files[1:]]
+
+
+def tracking_settings(bundle: str | Path) -> dict:
+    """MONAI's MLflow settings, with the experiment named after the bundle and the run's settings logged as params.
+
+    Per-group learning rates are logged by MONAI's MLFlowHandler from the optimizer's groups (``lr_group_<i>``, in
+    layer-group order; ``lr_history.csv`` in the run folder names them).
+    """
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise BundleError("--tracking mlflow needs mlflow: pip install 'medtransfer[mlflow]'") from None
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
+    settings["configs"]["experiment_name"] = bundle_path(bundle).name
+    settings["configs"]["trainer"]["experiment_param"] = "@run_settings"
+    return settings
+
+
+def run(
+    bundle: str | Path,
+    strategies: Sequence[str] = (),
+    workflow: str = "train",
+    evaluate: bool = False,
+    overrides: Sequence[str] = (),
+) -> str:
+    """Run one bundle workflow (and, with `evaluate`, evaluate the trained run on the test split); return the run name.
+
+    ``overrides`` are command-line tokens (``["--epochs", "5"]``).
+    """
+    from monai.bundle.scripts import run as monai_run
+
+    from medtransfer.runs import timestamp
+
+    settings = parse_overrides(overrides)
+    if settings.get("tracking") == "mlflow":
+        settings["tracking"] = tracking_settings(bundle)
+    if "config_file" in settings:
+        raise BundleError("--config_file is chosen by `medtransfer run`; add fragments with --strategy FILE.json")
+    settings.setdefault("run_name", timestamp())  # one name for the training run and its evaluation
+    steps = [workflow] + (["evaluate"] if evaluate and workflow == "train" else [])
+    for step in steps:
+        files = config_files(bundle, strategies, step)
+        step_settings = dict(settings)
+        if step != "train":
+            step_settings.pop("tracking", None)
+        step_settings.setdefault("meta_file", str(files[0].parent / "metadata.json"))
+        monai_run(config_file=[str(f) for f in files], **step_settings)
+    return str(settings["run_name"])
+
+
+def project_error(exc: BaseException) -> MedTransferError | None:
+    """The project error behind an exception, if any.
+
+    Bundle runs wrap what their config expressions raise in ``RuntimeError("Failed to evaluate ...")``, which would
+    bury the message that names the file and the fix under a long traceback.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MedTransferError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (the one a config wrapper hides)."""
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def error_message(exc: BaseException) -> tuple[str, bool]:
+    """The one line that ends the output, and whether the traceback is worth showing (not for project errors)."""
+    found = project_error(exc)
+    if found is not None:
+        return f"error: {found}", False
+    root = root_cause(exc)
+    if isinstance(root, FileNotFoundError) and "config file" in str(root):
+        return f"error: {root}", False
+    return f"error: {type(root).__name__}: {root}", True
+
+
+def report_error(exc: BaseException, show_traceback: bool, stream) -> None:
+    """Print the traceback where it helps (always with `show_traceback`), then the message as the very last line."""
+    message, useful = error_message(exc)
+    if show_traceback or useful:
+        traceback.print_exception(exc, file=stream)
+        if not show_traceback:
+            print("(the traceback above is from inside the bundle run; the cause is:)", file=stream)
+    print(message, file=stream)
+    stream.flush()

@@ -1,0 +1,111 @@
+"""`medtransfer run`: overrides read as monai.bundle reads them, fragments merged in order, one clear last line on error."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medtransfer.bundling import bundle_path, strategy_path
+from medtransfer.errors import BundleError, DatasetError
+from medtransfer.launch import config_files, error_message, parse_overrides
+
+FAST = ["--epochs", "1", "--image_size", "32", "--batch_size", "8"]
+
+
+def medtransfer(*args: str, cwd: Path, env: dict | None = None, umask: int | None = None):
+    """The installed `medtransfer` command in a subprocess, as a user runs it."""
+    preexec = (lambda: os.umask(umask)) if umask is not None else None
+    return subprocess.run(
+        [sys.executable, "-m", "medtransfer.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})}, preexec_fn=preexec,
+    )  # fmt: skip
+
+
+def test_overrides_parse_like_monai_bundle_run():
+    parsed = parse_overrides(
+        ["--epochs", "5", "--lr", "1e-3", "--classes", "['a', 'b']", "--amp", "--run_name=x1", "--dataset_dir", "/d"]
+    )
+    assert parsed == {"epochs": 5, "lr": 1e-3, "classes": ["a", "b"], "amp": True, "run_name": "x1", "dataset_dir": "/d"}
+    assert isinstance(parsed["epochs"], int)
+
+
+def test_stray_argument_is_a_clear_error():
+    with pytest.raises(BundleError, match="--key value"):
+        parse_overrides(["epochs", "5"])
+
+
+def test_config_files_put_strategies_after_train_json():
+    files = config_files("busi_classification", ["metalr"], workflow="evaluate")
+    configs = bundle_path("busi_classification") / "configs"
+    assert files == [configs / "train.json", strategy_path("metalr"), configs / "evaluate.json"]
+    assert config_files(configs.parent, [], "inference")[-1] == configs / "inference.json"
+
+
+def test_unknown_bundle_and_strategy_name_the_known_ones():
+    with pytest.raises(BundleError, match="busi_classification"):
+        bundle_path("no_such_bundle")
+    with pytest.raises(BundleError, match="metalr"):
+        strategy_path("no_such_strategy")
+
+
+def test_project_error_inside_config_wrappers_is_the_message():
+    try:
+        try:
+            raise DatasetError("x.png is unreadable; re-export it")
+        except DatasetError as inner:
+            raise RuntimeError("Failed to evaluate ConfigExpression: ...") from inner
+    except RuntimeError as outer:
+        assert error_message(outer) == ("error: x.png is unreadable; re-export it", False)
+    assert error_message(RuntimeError("boom"))[1] is True  # a bug keeps its traceback
+
+
+@pytest.mark.slow
+def test_bad_dataset_dir_ends_with_one_line_and_no_traceback(tmp_path):
+    missing = tmp_path / "no_busi_here"
+    proc = medtransfer("run", "busi_classification", *FAST, "--dataset_dir", str(missing), cwd=tmp_path)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(missing) in last and "pass the folder" in last
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs" / "busi_classification").exists() or not any(
+        (tmp_path / "runs" / "busi_classification").rglob("model.pt")
+    )
+
+    shown = medtransfer("run", "busi_classification", *FAST, "--dataset_dir", str(missing), "--traceback", cwd=tmp_path)
+    assert shown.returncode != 0 and "Traceback" in shown.stderr
+    assert shown.stderr.strip().splitlines()[-1] == last
+
+
+@pytest.mark.slow
+def test_run_with_strategy_and_evaluate_writes_readable_files(tmp_path, demo_dir):
+    proc = medtransfer(
+        "run", "busi_classification", "--strategy", "metalr", "--evaluate", *FAST,
+        "--dataset_dir", str(demo_dir), "--run_name", "r1", cwd=tmp_path, umask=0o022,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "busi_classification" / "r1"
+    assert json.loads((run / "run_info.json").read_text())["settings"]["strategy"] == "metalr"
+    assert (run / "test_metrics.json").is_file()
+    for name in ("run_info.json", "history.json", "history.csv", "lr_history.csv", "test_metrics.json", "model.pt"):
+        mode = stat.S_IMODE((run / name).stat().st_mode)
+        assert mode & 0o044 == 0o044, f"{name} is {oct(mode)} under umask 022"
+
+
+@pytest.mark.slow
+def test_plain_run_records_per_group_lrs(tmp_path, demo_dir):
+    proc = medtransfer(
+        "run", "busi_classification", *FAST, "--dataset_dir", str(demo_dir), "--run_name", "p", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (tmp_path / "runs" / "busi_classification" / "p" / "lr_history.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert header[0] == "iteration" and header[1:] == [g.strip() for g in header[1:]] and len(header) == 11
+    # cosine schedule over one epoch: every group trains at the base LR during the epoch
+    assert {float(v) for v in rows[1].split(",")[1:]} == {1e-3}
+    assert any((tmp_path / "runs" / "busi_classification" / "p" / "tensorboard").iterdir())
