@@ -3,19 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medtransfer-installed
-BUNDLE := bundles/busi_classification/configs
+BUNDLE ?= busi_classification
 # The main job fine-tunes with MetaLR; STRATEGY= (empty) gives plain fine-tuning.
-STRATEGY ?= configs/strategies/metalr.json
-comma := ,
-TRAIN_CONFIGS := ['$(BUNDLE)/train.json'$(if $(STRATEGY),$(comma)'$(STRATEGY)')]
+STRATEGY ?= metalr
 # fixed once (:=), so training and evaluation name the same run
 ifndef RUN
 RUN := demo-$(shell date +%Y%m%d-%H%M%S)
 endif
-# Extra bundle overrides, e.g. make demo ARGS="--dataset_dir ../shared/data/busi"
+# Extra bundle overrides, e.g. make demo ARGS='--dataset_dir "$$MEDTRANSFER_DATA/busi"'
 ARGS ?=
 
-.PHONY: install demo test lint clean-runs
+.PHONY: install demo test lint bundles clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,9 +23,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(PY) -m monai.bundle run --config_file "$(TRAIN_CONFIGS)" --run_name $(RUN) $(ARGS)
-	$(PY) -m monai.bundle run --config_file "['$(BUNDLE)/train.json','$(BUNDLE)/evaluate.json']" --run_name $(RUN) $(ARGS)
-	@echo "results: runs/busi_classification/$(RUN) (model.pt, history.png, lr_curves.png, test_metrics.json, test_confusion_matrix.png)"
+	$(VENV)/bin/medtransfer run $(BUNDLE) $(if $(STRATEGY),--strategy $(STRATEGY)) --evaluate --run_name $(RUN) $(ARGS)
+	@echo "results: runs/$(BUNDLE)/$(RUN) (model.pt, history.png, lr_curves.png, test_metrics.json, test_confusion_matrix.png)"
 
 test: install
 	$(VENV)/bin/ruff check medtransfer tests benchmarks

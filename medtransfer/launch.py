@@ -102,7 +102,8 @@ def run(
         settings["tracking"] = tracking_settings(bundle)
     if "config_file" in settings:
         raise BundleError("--config_file is chosen by `medtransfer run`; add fragments with --strategy FILE.json")
-    settings.setdefault("run_name", timestamp())  # one name for the training run and its evaluation
+    if workflow == "train":  # one name for the training run and its evaluation; evaluate alone takes the newest
+        settings.setdefault("run_name", timestamp())
     steps = [workflow] + (["evaluate"] if evaluate and workflow == "train" else [])
     for step in steps:
         files = config_files(bundle, strategies, step)
@@ -111,7 +112,7 @@ def run(
             step_settings.pop("tracking", None)
         step_settings.setdefault("meta_file", str(files[0].parent / "metadata.json"))
         monai_run(config_file=[str(f) for f in files], **step_settings)
-    return str(settings["run_name"])
+    return str(settings.get("run_name", "the newest finished run"))
 
 
 def project_error(exc: BaseException) -> MedTransferError | None:

@@ -109,3 +109,12 @@ def test_plain_run_records_per_group_lrs(tmp_path, demo_dir):
     # cosine schedule over one epoch: every group trains at the base LR during the epoch
     assert {float(v) for v in rows[1].split(",")[1:]} == {1e-3}
     assert any((tmp_path / "runs" / "busi_classification" / "p" / "tensorboard").iterdir())
+
+
+@pytest.mark.slow
+def test_evaluate_without_run_name_takes_the_newest_run(tmp_path, demo_dir):
+    common = [*FAST, "--dataset_dir", str(demo_dir)]
+    assert medtransfer("run", "busi_classification", *common, "--run_name", "first", cwd=tmp_path).returncode == 0
+    proc = medtransfer("run", "busi_classification", "--workflow", "evaluate", *common, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "runs" / "busi_classification" / "first" / "test_metrics.json").is_file()
