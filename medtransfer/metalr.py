@@ -143,6 +143,33 @@ def layer_hypergradient(
     return hypergradient_from_grads(model, loss_fn, val_batch, lrs, groups, grads)
 
 
+def metalr_step(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    val_batch: Batch,
+    metalr: MetaLR,
+    epoch: int,
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    loss_scale: float = 1.0,
+) -> torch.Tensor:
+    """One meta update between a training backward pass and its optimizer step; returns the hypergradient.
+
+    Reads the training gradients the backward pass left on the parameters of `metalr.groups` (unscaled: with AMP call
+    ``scaler.unscale_`` first), computes ∂L_val/∂α on `val_batch` (already on the model's device) and moves the LRs,
+    so the optimizer step that follows uses them. `epoch` (1-based) decides pinning; `forward_context` and
+    `loss_scale` are as in :func:`hypergradient_from_grads`. The trainer's handler and the benchmark both call this,
+    so what is measured is what trains. Profiler labels: ``hypergradient``, ``metalr_update``.
+    """
+    with torch.profiler.record_function("hypergradient"):
+        grads = [[p.grad for p in group.params] for group in metalr.groups]
+        hyper = hypergradient_from_grads(
+            model, loss_fn, val_batch, metalr.lrs, metalr.groups, grads, forward_context, loss_scale
+        )
+    with torch.profiler.record_function("metalr_update"):
+        metalr.update(hyper, epoch)
+    return hyper
+
+
 class MetaLR:
     """Owns the per-group learning rates of a torch optimizer and moves them along the validation hypergradient.
 

@@ -24,6 +24,7 @@ from medtransfer.metalr import (
     MetaLR,
     hypergradient_from_grads,
     layer_hypergradient,
+    metalr_step,
     preserved_buffers,
 )
 
@@ -274,6 +275,20 @@ def test_hypergradient_from_grads_matches_and_honours_context_and_loss_scale():
     assert rel(plain, reference_hypergradient(model, loss_fn, train, val, lrs.tolist(), groups)) < 1e-10
     with pytest.raises(ValueError, match="learning rates"):
         hypergradient_from_grads(model, loss_fn, val, [0.1], groups, grads)
+
+
+def test_metalr_step_uses_the_gradients_on_the_params_and_moves_the_lrs():
+    """The one meta update the trainer's handler and the benchmark share: hypergradient from ``.grad``, then update."""
+    model, loss_fn, train, val = two_layer_problem()
+    groups = layer_groups(model)
+    metalr = MetaLR(torch.optim.SGD(param_groups(groups, 0.05)), groups, init_lrs=[0.2, 0.05], bounds=(1e-6, 1.0))
+    lrs = metalr.lrs
+    loss_fn(model(train[0]), train[1]).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    hyper = metalr_step(model, loss_fn, val, metalr, epoch=metalr.pin_epochs + 1)
+    assert rel(hyper, layer_hypergradient(model, loss_fn, train, val, lrs, groups)) < 1e-12
+    assert rel(metalr.lrs, lrs * (1 - metalr.hyper_lr * hyper)) < 1e-12
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))  # the real step's g
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,18 +1,47 @@
-"""MONAI/Ignite handlers (transitional re-export; being split into one module per concern)."""
+"""MONAI/Ignite handlers, one module per concern, each with the ``attach(engine)`` contract MONAI workflows use.
 
-from medtransfer.engine import (  # noqa: F401
-    ClassificationMetric,
-    ClassificationReport,
+Bundles name them as ``medtransfer.handlers.<Name>`` in their ``train#handlers`` / ``validate#handlers``, so this
+package exports every public handler; the modules are ``checkpoints`` (training state, history, exact resume),
+``reports`` (validation metrics and evaluation reports), ``metalr`` (MetaLR and the LR recorder) and ``progress``.
+"""
+
+from medtransfer.handlers.checkpoints import (
     EpochCheckpoint,
     EpochSeed,
-    LRRecorder,
-    MetaLRIteration,
     ResumeFromRun,
     SaveInitialWeights,
     StopOnNonFiniteLoss,
     TrainingHistory,
+    best_model_state,
     read_history,
+)
+from medtransfer.handlers.metalr import LRRecorder, MetaLRHandler
+from medtransfer.handlers.progress import RunProgress
+from medtransfer.handlers.reports import (
+    ClassificationMetric,
+    ClassificationReport,
+    SegmentationReport,
+    as_rows,
+    val_dice_metrics,
     val_metrics,
 )
-from medtransfer.handlers.progress import RunProgress  # noqa: F401
-from medtransfer.segmentation import SegmentationReport  # noqa: F401
+
+__all__ = [
+    "ClassificationMetric",
+    "ClassificationReport",
+    "EpochCheckpoint",
+    "EpochSeed",
+    "LRRecorder",
+    "MetaLRHandler",
+    "ResumeFromRun",
+    "RunProgress",
+    "SaveInitialWeights",
+    "SegmentationReport",
+    "StopOnNonFiniteLoss",
+    "TrainingHistory",
+    "as_rows",
+    "best_model_state",
+    "read_history",
+    "val_dice_metrics",
+    "val_metrics",
+]

@@ -1,4 +1,4 @@
-"""Handlers: metrics match the pure functions, reports are written from what the evaluator saw, NaN stops loudly."""
+"""Report handlers: metrics match the pure functions, reports are written from what the evaluator saw."""
 
 import csv
 import json
@@ -6,15 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
-from medtransfer.engine import (
-    ClassificationMetric,
-    ClassificationReport,
-    EpochSeed,
-    StopOnNonFiniteLoss,
-    TrainingHistory,
-)
+from medtransfer.handlers.reports import ClassificationMetric, ClassificationReport
 from medtransfer.metrics import classification_report
 
 
@@ -115,76 +109,3 @@ def test_report_per_clip_averages_frame_probabilities(tmp_path, data):
     ClassificationReport(str(tmp_path), ["a", "b", "c"], prefix="bad", group_key="clip").attach(engine)
     with pytest.raises(ValueError, match="group 'one' has samples with different labels"):
         engine.run(batches, max_epochs=1)
-
-
-def test_history_best_is_the_latest_of_tied_epochs(tmp_path):
-    history = TrainingHistory(str(tmp_path), key_metric="auc")
-    history.rows = [{"epoch": 1, "val_auc": 1.0}, {"epoch": 2, "val_auc": 0.9}, {"epoch": 3, "val_auc": 1.0}]
-    assert history.best()["epoch"] == 3  # a saturated metric must not freeze selection at epoch 1
-    history.rows.append({"epoch": 4, "val_auc": float("nan")})
-    assert history.best()["epoch"] == 3
-
-
-def test_nan_loss_stops_with_a_clear_error(tmp_path):
-    losses = iter([0.5, float("nan")])
-    engine = Engine(lambda e, b: [{"loss": torch.tensor(next(losses))}])
-    StopOnNonFiniteLoss(str(tmp_path)).attach(engine)
-    with pytest.raises(FloatingPointError, match=r"nan at epoch 1, iteration 2.*--lr"):
-        engine.run([0, 1, 2], max_epochs=1)
-
-
-def test_epoch_seed_makes_each_epoch_reproducible():
-    def run() -> dict[int, list[float]]:
-        draws: dict[int, list[float]] = {}
-        engine = Engine(lambda e, b: draws.setdefault(e.state.epoch, []).append(torch.rand(1).item()))
-        EpochSeed(seed=7).attach(engine)
-        torch.rand(3)  # move the global RNG: each epoch must still start from (seed, epoch) alone
-        engine.run([0, 1], max_epochs=3)
-        return draws
-
-    first, second = run(), run()
-    assert first == second
-    assert first[1] != first[2]
-
-
-def test_metalr_iteration_reuses_training_gradients_and_steps_with_new_lrs():
-    """In a real SupervisedTrainer: one training + one validation forward per iteration, and the optimizer's real
-    step uses the LRs MetaLR just set (θ' = θ − α_new·g for plain SGD)."""
-    from monai.engines import SupervisedTrainer
-
-    from medtransfer.engine import MetaLRIteration
-    from medtransfer.layers import layer_groups, param_groups
-    from medtransfer.metalr import CyclingBatches, MetaLR
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    forwards = []
-    model.register_forward_hook(lambda m, i, o: forwards.append(1))
-    groups = layer_groups(model)
-    optimizer = torch.optim.SGD(param_groups(groups, 0.01))
-    metalr = MetaLR(optimizer, groups, base_lr=0.01, pin_epochs=0, hyper_lr=1.0)
-    val = [{"image": torch.randn(4), "label": torch.tensor(i % 3)} for i in range(6)]
-    train = [{"image": torch.randn(5, 4), "label": torch.randint(0, 3, (5,))} for _ in range(3)]
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=train, network=model, optimizer=optimizer,
-        loss_function=torch.nn.CrossEntropyLoss(), iteration_update=MetaLRIteration(metalr, CyclingBatches(val, 3)),
-        decollate=False,
-    )  # fmt: skip
-    before, checked = {}, []
-
-    @trainer.on(Events.ITERATION_STARTED)
-    def keep(engine):
-        before.update({n: p.detach().clone() for n, p in model.named_parameters()})
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def check(engine):
-        lr_of = {n: optimizer.param_groups[j]["lr"] for j, g in enumerate(groups) for n in g.param_names}
-        for name, p in model.named_parameters():
-            assert torch.allclose(p.detach(), before[name] - lr_of[name] * p.grad, atol=1e-7), name
-        checked.append(lr_of)
-
-    trainer.run()
-    assert len(forwards) == 2 * 3  # train + validation forward per iteration, no second training pass
-    assert len(checked) == 3 and metalr.updates == 3
-    first_layer_lrs = [lrs["0.weight"] for lrs in checked]
-    assert first_layer_lrs[-1] != pytest.approx(0.001, rel=1e-6)  # moved away from 0.1 x base, so the check above bites

@@ -1,0 +1,242 @@
+"""Training state: seeding, initial weights, per-epoch history, epoch checkpoints and exact resume, the NaN guard.
+
+Everything a run needs to be stopped and continued as if it never was: every file lands in the run directory and is
+written atomically, so an interrupted run never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.data.utils import set_rnd
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.utils import set_determinism
+
+from medtransfer.atomic import atomic_path, write_csv_atomic
+from medtransfer.handlers.reports import as_rows
+from medtransfer.report import plot_history, save_json
+from medtransfer.runs import latest_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def read_history(run_dir: str | Path) -> dict | None:
+    """A run's ``history.json`` (written by :class:`TrainingHistory`), or None when it has none yet."""
+    path = Path(run_dir) / "history.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class TrainingHistory:
+    """Per-epoch training loss and validation metrics as ``history.json``/``.csv``/``.png`` in the run directory.
+
+    Attach it after the ValidationHandler so it sees this epoch's validation metrics. On resume it keeps the rows of
+    the epochs already trained and drops any written after the checkpoint it resumed from.
+    """
+
+    def __init__(self, output_dir: str, evaluator: Engine | None = None, key_metric: str | None = None) -> None:
+        self.output_dir = Path(output_dir)
+        self.evaluator = evaluator
+        self.key_metric = key_metric
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._restore)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_loss)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._end_epoch)
+
+    def _restore(self, engine: Engine) -> None:
+        recorded = read_history(self.output_dir)
+        if engine.state.epoch > 0 and recorded is not None:
+            self.rows = [r for r in recorded["epochs"] if r["epoch"] <= engine.state.epoch]
+
+    def _start_epoch(self, engine: Engine) -> None:
+        self._losses: list[float] = []
+        # the learning rates this epoch trains with (schedulers step at epoch end, before this handler sees it)
+        self._lrs = [g["lr"] for g in engine.optimizer.param_groups] if hasattr(engine, "optimizer") else None
+
+    def _add_loss(self, engine: Engine) -> None:
+        out = as_rows(engine.state.output)[0]
+        if "loss" in out:
+            self._losses.append(float(torch.as_tensor(out["loss"]).detach()))
+
+    def _end_epoch(self, engine: Engine) -> None:
+        row: dict = {"epoch": engine.state.epoch, "train_loss": float(np.mean(self._losses)) if self._losses else None}
+        row["lr"] = self._lrs
+        if self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch:
+            metrics = self.evaluator.state.metrics
+            row.update(
+                {k if k.startswith("val_") else f"val_{k}": float(v) for k, v in metrics.items() if _is_number(v)}
+            )
+        self.rows.append(row)
+        self.save()
+
+    def best(self) -> dict | None:
+        """The row with the best key validation metric, the latest one on ties, as checkpoint selection sees it.
+
+        Latest on ties because a small validation split saturates (AUC 1.0 from epoch 1): keeping the first such
+        epoch would select an almost untrained model. Bundles set ``key_metric_greater_or_equal`` on their
+        CheckpointSaver to match.
+        """
+        key = f"val_{self.key_metric}" if self.key_metric else None
+        rows = [r for r in self.rows if key and r.get(key) is not None and not math.isnan(r[key])]
+        return max(reversed(rows), key=lambda r: r[key]) if rows else None
+
+    def save(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_json(
+            {"epochs": self.rows, "best": self.best(), "key_metric": self.key_metric}, self.output_dir / "history.json"
+        )
+        keys = list(dict.fromkeys(k for r in self.rows for k in r if k != "lr"))
+        write_csv_atomic(self.output_dir / "history.csv", keys, ([r.get(k) for k in keys] for r in self.rows))
+        plot_history([{k: v for k, v in r.items() if k != "lr"} for r in self.rows], self.output_dir / "history.png")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+
+
+class EpochSeed:
+    """Re-seeds every RNG (torch, numpy, random, MONAI transforms) from (seed, epoch) when an epoch starts.
+
+    Why: shuffling and augmentation then depend only on the seed and the epoch number, so a run resumed from an
+    epoch checkpoint continues exactly as the uninterrupted run would have.
+    """
+
+    def __init__(self, seed: int, dataset=None) -> None:
+        self.seed = int(seed)
+        self.dataset = dataset
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        seed = self.seed * 100_003 + engine.state.epoch
+        set_determinism(seed=seed)
+        if self.dataset is not None:
+            set_rnd(self.dataset, seed)
+
+
+class StopOnNonFiniteLoss:
+    """Stops training with a clear error when the loss becomes NaN or infinite, naming the last good checkpoint."""
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        self.output_dir = output_dir
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        loss = float(torch.as_tensor(as_rows(engine.state.output)[0]["loss"]).detach())
+        if not math.isfinite(loss):
+            last = latest_checkpoint(self.output_dir) if self.output_dir else None
+            raise FloatingPointError(
+                f"training loss became {loss} at epoch {engine.state.epoch}, iteration {engine.state.iteration}. "
+                "Lower the learning rate (--lr), check the inputs for NaN/inf values, or disable AMP; "
+                + (
+                    f"the last good checkpoint is {last} (continue from it with --resume true)."
+                    if last
+                    else "no checkpoint was written yet."
+                )
+            )
+
+
+class SaveInitialWeights:
+    """Saves the network as it is before the first training step as ``init.pt`` in the run directory.
+
+    Layer-wise transferability compares weights with where training started: for pre-training that is the random
+    initialisation θr, for fine-tuning it is θB0 (the pre-trained body with its freshly initialised head). Written
+    atomically and only once, so a resumed run keeps the true starting point.
+    """
+
+    def __init__(
+        self, output_dir: str, model: torch.nn.Module, enabled: bool = True, filename: str = "init.pt"
+    ) -> None:
+        self.output_dir, self.model, self.enabled, self.filename = Path(output_dir), model, enabled, filename
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.STARTED, self._save)
+
+    def _save(self, engine: Engine) -> None:
+        path = self.output_dir / self.filename
+        if path.exists():
+            return
+        with atomic_path(path) as tmp:
+            torch.save({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, tmp)
+
+
+class EpochCheckpoint:
+    """Saves `save_dict` plus the trainer's own state (epoch, iteration) as ``checkpoint_epoch=N.pt`` every epoch.
+
+    The trainer joins at attach time, so configs need not reference the trainer from its own handler list (a circular
+    reference). ignite's DiskSaver writes to a temporary file and renames it: a crash never leaves a torn checkpoint.
+    """
+
+    def __init__(self, output_dir: str, save_dict: dict, n_saved: int = 1, interval: int = 1) -> None:
+        self.output_dir, self.save_dict, self.n_saved, self.interval = output_dir, save_dict, n_saved, interval
+
+    def attach(self, engine: Engine) -> None:
+        checkpoint = Checkpoint(
+            {**self.save_dict, "trainer": engine},
+            DiskSaver(self.output_dir, require_empty=False, atomic=True),
+            filename_pattern="checkpoint_epoch={global_step}.{ext}",
+            n_saved=self.n_saved,
+            global_step_transform=lambda e, _: e.state.epoch,
+        )
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), checkpoint)
+
+
+class ResumeFromRun:
+    """Restores model, optimizer, trainer and best-model tracking from the newest epoch checkpoint of a run.
+
+    Attach it first in the trainer's handlers (the trainer itself is added to `load_dict` at attach time). A disabled
+    instance does nothing, so bundles can always list it and switch it with ``--resume true``. `best_saver` is the
+    evaluator's key-metric ``CheckpointSaver`` (``save_key_metric=True``; MONAI warns when it tracks no key metric):
+    it learns the best score so far from ``history.json``.
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        load_dict: dict,
+        enabled: bool = False,
+        best_saver: CheckpointSaver | None = None,
+        best_file: str = "model.pt",
+    ) -> None:
+        self.run_dir, self.load_dict, self.enabled = run_dir, load_dict, enabled
+        self.best_saver, self.best_file = best_saver, best_file
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            raise FileNotFoundError(f"--resume true but {self.run_dir} holds no checkpoint_epoch=N.pt to resume from")
+        logger.info(f"resuming from {path}")
+        CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu").attach(
+            engine
+        )
+        recorded = read_history(self.run_dir)
+        if self.best_saver is not None and recorded is not None:
+            best, key = recorded.get("best"), recorded.get("key_metric")
+            if best and key:
+                # the best model on disk keeps its place: a worse epoch after resuming must not replace it
+                self.best_saver.load_state_dict(best_model_state(best[f"val_{key}"], self.best_file))
+
+
+def best_model_state(score: float, filename: str) -> dict:
+    """The state of a key-metric checkpointer that has saved one file, `filename`, with `score`.
+
+    ``CheckpointSaver.load_state_dict`` (public) hands this to ignite's ``Checkpoint.load_state_dict``, which takes
+    what ``Checkpoint.state_dict()`` returns: ``{"_saved": [(priority, filename), ...]}``. The key's name is ignite's
+    choice; tests/handlers/test_checkpoints.py fails if a new ignite or MONAI version changes it.
+    """
+    return {"_saved": [(float(score), str(filename))]}

@@ -1,0 +1,150 @@
+"""Learning rates during training: MetaLR as an ordinary trainer handler, and the recorder of every group's LR.
+
+``MetaLRHandler`` needs nothing from the trainer but its public attributes and MONAI's ``BACKWARD_COMPLETED`` event,
+which fires between ``loss.backward()`` and the optimizer step: the gradients are there and the step has not used the
+LRs yet. So AMP, events, metrics and every other handler run as in plain training, with no second training pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
+
+from medtransfer import metalr as metalr_lib
+from medtransfer.atomic import write_csv_atomic
+from medtransfer.report import plot_lr_curves
+
+
+def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every tensor is finite, with one device-to-host sync for all of them (not one per tensor)."""
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+class MetaLRHandler:
+    """Tunes layer-wise LRs with MetaLR inside MONAI's ``SupervisedTrainer``, from the gradients the trainer just made.
+
+    On ``BACKWARD_COMPLETED`` of a due iteration it draws the next batch of `val_batches` (a resumable iterator such
+    as :class:`medtransfer.metalr.CyclingBatches`) and calls :func:`medtransfer.metalr.metalr_step`; the trainer's
+    own optimizer step then runs with the new LRs. With AMP the gradients are unscaled first (the scaler's step knows
+    and will not unscale twice), the validation forward runs under the trainer's autocast, and a step the scaler will
+    skip (non-finite gradients) gets no meta update either. Put it in ``checkpoint_objects``: its state is MetaLR's
+    plus the position in `val_batches`, so a resumed run draws the same batches.
+    """
+
+    def __init__(self, metalr: metalr_lib.MetaLR, val_batches: metalr_lib.CyclingBatches) -> None:
+        self.metalr, self.val_batches = metalr, val_batches
+        self.last_hypergradient: torch.Tensor | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self, IterationEvents.BACKWARD_COMPLETED):
+            engine.add_event_handler(Events.STARTED, self._refuse_accumulation)
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    @staticmethod
+    def _refuse_accumulation(engine: Engine) -> None:
+        # checked when the run starts: MONAI attaches train_handlers before the trainer sets accumulation_steps
+        if getattr(engine, "accumulation_steps", 1) > 1:
+            raise ValueError("MetaLR needs one optimizer step per iteration; set accumulation_steps to 1")
+
+    def __call__(self, engine: Engine) -> None:
+        metalr = self.metalr
+        if metalr.is_due():
+            scaler = engine.scaler if engine.amp else None
+            if scaler is not None:
+                scaler.unscale_(engine.optimizer)
+            # with AMP an overflowing step is skipped by the scaler: skip its meta update too (without AMP a
+            # non-finite gradient gives a non-finite hypergradient, which MetaLR.update ignores)
+            grads = [p.grad for group in metalr.groups for p in group.params if p.grad is not None]
+            if scaler is None or _all_finite(grads):
+                batch = engine.prepare_batch(
+                    next(self.val_batches), engine.state.device, engine.non_blocking, **engine.to_kwargs
+                )
+                self.last_hypergradient = metalr_lib.metalr_step(
+                    engine.network,
+                    lambda pred, target: engine.loss_function(pred, target).mean(),
+                    (batch[0], batch[1]),
+                    metalr,
+                    engine.state.epoch,
+                    forward_context=self._autocast(engine),
+                    loss_scale=float(scaler.get_scale()) if scaler is not None else 1.0,
+                )
+        metalr.record()
+
+    @staticmethod
+    def _autocast(engine: Engine) -> Callable[[], contextlib.AbstractContextManager]:
+        """The trainer's own autocast for the validation forward (none without AMP)."""
+        if not engine.amp:
+            return contextlib.nullcontext
+        return lambda: torch.autocast("cuda", **engine.amp_kwargs)
+
+    def state_dict(self) -> dict:
+        """MetaLR's LRs and history plus the position in the validation batches, for exact resume."""
+        return {"metalr": self.metalr.state_dict(), "val_batches": self.val_batches.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.metalr.load_state_dict(state["metalr"])
+        self.val_batches.load_state_dict(state["val_batches"])
+
+
+class LRRecorder:
+    """Every layer group's LR at every iteration: TensorBoard scalars, ``lr_history.csv`` and ``lr_curves.png``.
+
+    It reads the optimizer's parameter groups after each step, so it records plain schedules and MetaLR's learned
+    LRs alike (MetaLR writes its LRs into the same groups). Its history is part of the checkpoint
+    (``state_dict``), so after a resume the files still cover the whole run; they are rewritten atomically at each
+    epoch end.
+    """
+
+    def __init__(self, output_dir: str, optimizer: torch.optim.Optimizer, groups: Sequence, tensorboard: bool = True):
+        self.output_dir, self.optimizer, self.groups = Path(output_dir), optimizer, groups
+        self.tensorboard = tensorboard
+        if len(optimizer.param_groups) != len(groups):
+            raise ValueError(
+                f"LRRecorder: the optimizer has {len(optimizer.param_groups)} parameter groups but there are "
+                f"{len(groups)} layer groups; build the optimizer with medtransfer.layers.param_groups"
+            )
+        self.history: list[list[float]] = []
+        self._writer = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+        engine.add_event_handler(Events.COMPLETED, self._close)
+
+    def _record(self, engine: Engine) -> None:
+        lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        self.history.append(lrs)
+        if not self.tensorboard:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+        for group, lr in zip(self.groups, lrs, strict=True):
+            self._writer.add_scalar(f"lr/{group.label}", lr, engine.state.iteration)
+
+    def save(self, engine: Engine | None = None) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(
+            self.output_dir / "lr_history.csv",
+            ["iteration", *(g.name for g in self.groups)],
+            ([i, *(f"{v:.8g}" for v in row)] for i, row in enumerate(self.history, start=1)),
+        )
+        if self.history:
+            plot_lr_curves(self.history, [g.label for g in self.groups], self.output_dir / "lr_curves.png")
+
+    def state_dict(self) -> dict:
+        return {"history": torch.tensor(self.history, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [list(map(float, row)) for row in torch.as_tensor(state["history"]).tolist()]
+
+    def _close(self, engine: Engine) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
