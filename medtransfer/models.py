@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torchvision
@@ -26,12 +27,15 @@ CLASSIFIERS = ("resnet18", "resnet34", "resnet50", "densenet121", "vit_b_16", "v
 
 # Containers that checkpoints from torchvision, MONAI bundles, Lightning and SSL code wrap their state dict in.
 _STATE_DICT_KEYS = ("state_dict", "model", "network", "model_state_dict", "net", "backbone")
-# Prefixes that wrappers (DataParallel, Lightning modules, SSL encoders) put in front of parameter names.
-_KEY_PREFIXES = ("", "module.", "model.", "backbone.", "encoder.", "encoder_q.", "net.")
+# Prefixes that wrappers put in front of parameter names: DataParallel/DDP (``module.``), torch.compile
+# (``_orig_mod.``), Lightning modules (``model.``) and SSL encoders (``backbone.``, ``encoder.``, ``encoder_q.``, ``net.``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "encoder.", "encoder_q.", "net.")
 KEY_MAPS = ("name", "order")
-# Projection heads and classifiers that self-supervised checkpoints (e.g. USCL's l1/l2 MLP) keep after the backbone.
+# Projection heads and classifiers that self-supervised checkpoints (e.g. USCL's l1/l2 MLP) keep after the backbone,
+# under a wrapper prefix or USCL's ``features.``.
 _NON_BACKBONE = re.compile(
-    r"^(?:(?:module|model|backbone|encoder|features|net)\.)?(?:l\d+|fc|classifier|heads?|projector|projection|predictor)\."
+    r"^(?:" + "|".join(re.escape(p) for p in (*WRAPPER_PREFIXES, "features.")) + r")?"
+    r"(?:l\d+|fc|classifier|heads?|projector|projection|predictor)\."
 )
 # Buffers that carry no learned state; a checkpoint may omit them.
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
@@ -110,6 +114,20 @@ def _is_state_dict(obj: Mapping) -> bool:
     return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+_V = TypeVar("_V")
+
+
+def strip_wrapper_prefix(state: Mapping[str, _V], wanted: Collection[str]) -> tuple[dict[str, _V], str]:
+    """``(state without the wrapper prefix, the prefix)`` for a state dict saved from a wrapped model.
+
+    The prefix (one of :data:`WRAPPER_PREFIXES`, or ``""``) is the one whose removal names the most keys in
+    ``wanted`` (the model's keys; ties go to no prefix, then to the order of :data:`WRAPPER_PREFIXES`). Keys without
+    that prefix are left out: they belong to the wrapper (a Lightning module's loss, an SSL projector), not the model.
+    """
+    prefix = max(("", *WRAPPER_PREFIXES), key=lambda p: sum(k[len(p) :] in wanted for k in state if k.startswith(p)))
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, prefix
+
+
 def build_unet(
     spatial_dims: int = 3,
     in_channels: int = 1,
@@ -145,7 +163,8 @@ def build_unet(
 def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True, key_map: str = "name") -> LoadReport:
     """Load a local checkpoint into `model`, replacing the head when its shape differs.
 
-    ``key_map="name"``: the wrapper prefix (``module.``, ``backbone.``, ...) that matches most model keys is stripped.
+    ``key_map="name"``: the wrapper prefix (``module.``, ``backbone.``, ...) that matches most model keys is stripped
+    (:func:`strip_wrapper_prefix`).
     ``key_map="order"``: for checkpoints whose backbone has other names (e.g. USCL's ``features.N`` ResNet-18), the
     projection-head/classifier keys are dropped and the remaining tensors are paired with the model's non-head tensors
     in order, every pair checked for shape. Keys the model does not have are ignored and reported. With `strict`,
@@ -160,8 +179,7 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True, key
     dropped: list[str] = []
     if key_map == "order":
         source, dropped = _map_by_order(source, target, head, path)
-    prefix = max(_KEY_PREFIXES, key=lambda p: sum(k[len(p) :] in target for k in source if k.startswith(p)))
-    state = {k[len(prefix) :]: v for k, v in source.items() if k.startswith(prefix)}
+    state, prefix = strip_wrapper_prefix(source, target)
     report = LoadReport(
         path=str(path), prefix=prefix, ignored=dropped + [k for k in source if not k.startswith(prefix)]
     )

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from medtransfer.errors import CheckpointError
-from medtransfer.models import build_classifier, load_pretrained, read_state_dict
+from medtransfer.models import build_classifier, load_pretrained, read_state_dict, strip_wrapper_prefix
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,19 @@ def test_wrapped_and_prefixed_checkpoints_load(imagenet_like, tmp_path):
     assert report.prefix == "module."
     assert torch.equal(model.state_dict()["layer2.0.downsample.0.weight"], source["layer2.0.downsample.0.weight"])
     assert torch.equal(model.state_dict()["fc.weight"], source["fc.weight"])  # same head size: kept, not replaced
+
+
+def test_wrapper_prefix_is_the_one_that_names_most_model_keys(imagenet_like, tmp_path):
+    source = torch.load(imagenet_like, weights_only=True)
+    model_keys = build_classifier("resnet18", num_classes=1000).state_dict()
+    assert strip_wrapper_prefix(source, model_keys) == (dict(source), "")  # nothing to strip: left as is
+    compiled = {f"_orig_mod.{k}": v for k, v in source.items()} | {"_orig_mod_extra": torch.zeros(1)}
+    stripped, prefix = strip_wrapper_prefix(compiled, model_keys)
+    assert prefix == "_orig_mod." and stripped.keys() == source.keys()  # keys outside the wrapper are left out
+    path = tmp_path / "compiled.pt"
+    torch.save(compiled, path)
+    report = load_pretrained(build_classifier("resnet18", num_classes=3), path)
+    assert report.prefix == "_orig_mod." and report.ignored == ["_orig_mod_extra"]
 
 
 def test_ssl_checkpoint_with_projection_head_reports_ignored_keys(imagenet_like, tmp_path):

@@ -1,8 +1,12 @@
-"""Data readers (BUSI, MedMNIST, LiTS/MSD liver CT, synthetic demo sets), stratified splits and loaders."""
+"""Data readers (BUSI, MedMNIST, natural images, POCUS, LiTS/MSD liver CT), synthetic demo sets, splits and loaders.
+
+Classification data of every format is read through one registry (:mod:`medtransfer.data.registry`).
+"""
 
 from medtransfer.data.busi import BUSI_CLASSES, read_busi
 from medtransfer.data.medmnist import medmnist_records, read_medmnist
 from medtransfer.data.paths import DATA_ENV, data_root, require_data
+from medtransfer.data.registry import DatasetFormat, dataset_class_names, dataset_records, format_names, get_format
 from medtransfer.data.segmentation import (
     AFFINE_TOLERANCE_MM,
     LITS_LABEL_MAP,
@@ -18,10 +22,19 @@ from medtransfer.data.segmentation import (
     segmentation_file_list,
 )
 from medtransfer.data.splits import stratified_split
-from medtransfer.data.synthetic import ensure_synthetic_busi, make_synthetic_busi
-from medtransfer.data.synthetic_ct import ensure_synthetic_lits, make_synthetic_lits
-from medtransfer.data.synthetic_cxr import KERMANY_CLASSES, ensure_synthetic_kermany, make_synthetic_kermany
-from medtransfer.data.synthetic_pocus import ensure_synthetic_pocus, make_synthetic_pocus
+from medtransfer.data.synthetic import (
+    ensure_synthetic_busi,
+    ensure_synthetic_kermany,
+    ensure_synthetic_lits,
+    ensure_synthetic_pocus,
+    ensure_synthetic_shapes,
+    make_synthetic_busi,
+    make_synthetic_kermany,
+    make_synthetic_lits,
+    make_synthetic_pocus,
+    make_synthetic_shapes,
+)
+from medtransfer.data.synthetic.kermany import KERMANY_CLASSES
 from medtransfer.data.transforms import LoadGreyImaged, LoadRGBd
 
 __all__ = [
@@ -32,19 +45,26 @@ __all__ = [
     "LITS_LABEL_MAP",
     "SEGMENTATION_FORMATS",
     "UNMAPPED_POLICIES",
+    "DatasetFormat",
     "LoadGreyImaged",
     "LoadRGBd",
     "RemapLabelsd",
     "check_pair",
     "data_root",
+    "dataset_class_names",
+    "dataset_records",
     "ensure_synthetic_busi",
     "ensure_synthetic_kermany",
     "ensure_synthetic_lits",
     "ensure_synthetic_pocus",
+    "ensure_synthetic_shapes",
+    "format_names",
+    "get_format",
     "make_synthetic_busi",
     "make_synthetic_kermany",
     "make_synthetic_lits",
     "make_synthetic_pocus",
+    "make_synthetic_shapes",
     "medmnist_records",
     "num_segmentation_classes",
     "read_busi",

@@ -15,9 +15,12 @@ from typing import Any
 from PIL import Image
 
 from medtransfer.data.imagefolder import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
+from medtransfer.data.registry import DatasetFormat
+from medtransfer.data.splits import split_records
 from medtransfer.errors import DatasetError
 
 BUSI_CLASSES = ("benign", "malignant", "normal")
+BUSI_FRACTIONS = (0.7, 0.15, 0.15)  # train/val/test: BUSI ships without a split
 
 # "benign (4).png" -> stem "benign (4)", index 4. Checked after the mask pattern, so masks never match.
 _IMAGE_RE = re.compile(r"^(?P<stem>.+ \((?P<index>\d+)\))(?P<ext>\.[A-Za-z]+)$")
@@ -132,3 +135,21 @@ def read_busi(
                 }
             )
     return records
+
+
+def _busi_split(root: Path, split: str, seed: int) -> list[dict[str, Any]]:
+    """A seeded stratified split: the same seed in training and evaluation gives the same test images."""
+    records = split_records(read_busi(root), BUSI_FRACTIONS, seed)[split]
+    return [{k: r[k] for k in ("image", "label", "id")} for r in records]
+
+
+FORMATS = (
+    DatasetFormat(
+        "busi",
+        "{root}/{{benign,malignant,normal}}/<class> (i).png with <class> (i)_mask.png",
+        "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset (Dataset_BUSI_with_GT)",
+        "no official split: seeded stratified 70/15/15 train/val/test (BUSI_FRACTIONS)",
+        _busi_split,
+        lambda root: list(BUSI_CLASSES),
+    ),
+)

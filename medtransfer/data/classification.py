@@ -1,69 +1,36 @@
-"""Datalists for classification bundles: one entry point over every supported on-disk format.
+"""Datalists for the classification bundles: one split of any registered format, or unlabelled images for inference.
 
 Bundles call `classification_datalist(dataset_dir, dataset_format, split)` and get MONAI-style records
-(``{"image": path or array, "label": int, "id": str}``), so switching from the demo set to real BUSI or to a MedMNIST
-``.npz`` is a single override of ``dataset_dir`` / ``dataset_format``.
+(``{"image": path or array, "label": int, "id": str}``), so switching from the demo set to real BUSI, a MedMNIST
+``.npz`` or class folders is a single override of ``dataset_dir`` / ``dataset_format``. Reading goes through
+:mod:`medtransfer.data.registry`, which lists the formats and their split rules.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from medtransfer.data.busi import BUSI_CLASSES, read_busi
-from medtransfer.data.imagefolder import IMAGE_SUFFIXES, folder_classes, image_folder_split
-from medtransfer.data.medmnist import medmnist_records
-from medtransfer.data.splits import SPLIT_NAMES, split_records
+from medtransfer.data.imagefolder import IMAGE_SUFFIXES
+from medtransfer.data.registry import Records, dataset_class_names, dataset_records
 from medtransfer.errors import DatasetError
-
-FORMATS = ("busi", "medmnist", "imagefolder")
-SPLITS = SPLIT_NAMES
-
-# Class names of the MedMNIST files this project uses, in label order (MedMNIST v2 `INFO`).
-MEDMNIST_CLASSES = {
-    "breastmnist": ("malignant", "normal_benign"),
-    "pneumoniamnist": ("normal", "pneumonia"),
-}
 
 
 def class_names(dataset_format: str, dataset_dir: str | Path) -> list[str]:
     """Class names in label order, so the head size and report labels follow from the dataset."""
-    _check_format(dataset_format)
-    if dataset_format == "busi":
-        return list(BUSI_CLASSES)
-    if dataset_format == "imagefolder":
-        return folder_classes(dataset_dir)
-    stem = Path(dataset_dir).name.split(".")[0].lower()
-    if stem in MEDMNIST_CLASSES:
-        return list(MEDMNIST_CLASSES[stem])
-    from medtransfer.data.medmnist import read_medmnist
-
-    labels = read_medmnist(dataset_dir)["train"][1]
-    return [f"class{i}" for i in range(int(labels.max()) + 1)]
+    return dataset_class_names(dataset_format, dataset_dir)
 
 
 def classification_datalist(
-    dataset_dir: str | Path,
-    dataset_format: str = "busi",
-    split: str = "train",
-    seed: int = 0,
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-) -> list[dict]:
-    """Records of one split.
+    dataset_dir: str | Path, dataset_format: str = "busi", split: str = "train", seed: int = 0
+) -> Records:
+    """Records of one split (the format's own split rule, :class:`~medtransfer.data.registry.DatasetFormat`).
 
     MedMNIST files carry an official train/val/test split, which is used as is (so test numbers compare with the
     published ones); image folders use their own train/val/test folders where present. BUSI folders get a seeded
-    stratified split; the same `seed` in training and evaluation
-    gives the same test images, which training never sees.
+    stratified split; the same `seed` in training and evaluation gives the same test images, which training never
+    sees.
     """
-    _check_format(dataset_format)
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if dataset_format == "medmnist":
-        return medmnist_records(dataset_dir, split)
-    if dataset_format == "imagefolder":
-        return image_folder_split(dataset_dir, split, seed=seed)
-    records = read_busi(dataset_dir)
-    return [{k: r[k] for k in ("image", "label", "id")} for r in split_records(records, fractions, seed)[split]]
+    return dataset_records(dataset_format, dataset_dir, split, seed=seed)
 
 
 def image_folder_datalist(input_dir: str | Path) -> list[dict]:
@@ -75,8 +42,3 @@ def image_folder_datalist(input_dir: str | Path) -> list[dict]:
     if not files:
         raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
     return [{"image": str(p), "id": str(p.relative_to(root))} for p in files]
-
-
-def _check_format(dataset_format: str) -> None:
-    if dataset_format not in FORMATS:
-        raise ValueError(f"dataset_format must be one of {FORMATS}, got {dataset_format!r}")

@@ -1,7 +1,8 @@
 """Read class-per-folder image collections (``CLASS/*.jpg``, optionally under ``train/``, ``val/``, ``test/``).
 
 The generic layout of natural-image sets such as the CIFAR-10 JPEGs, used to pre-train a start checkpoint and by the
-transferability experiments; class names are the sorted folder names.
+transferability experiments; class names are the sorted folder names. :func:`save_grey_image` writes such folders
+(extracted POCUS frames, the synthetic demo sets).
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from medtransfer.atomic import atomic_path
 from medtransfer.data.splits import carve_val, split_records
 from medtransfer.errors import DatasetError
 
@@ -18,6 +23,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 def natural_key(text: str) -> list:
     """Sort key that orders embedded numbers by value: ``fold2`` before ``fold10``, ``volume-9`` before ``volume-10``."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def save_grey_image(array: np.ndarray, path: Path, image_format: str = "PNG", **options) -> None:
+    """Write an 8-bit grey image via a temporary name then rename, so a concurrent reader never sees half a file."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(array, mode="L").save(tmp, format=image_format, **options)
 
 
 def folder_classes(root: str | Path) -> list[str]:

@@ -9,10 +9,16 @@ from typing import Any
 
 import numpy as np
 
+from medtransfer.data.registry import DatasetFormat
 from medtransfer.data.splits import SPLIT_NAMES
 from medtransfer.errors import DatasetError
 
 MEDMNIST_SPLITS = SPLIT_NAMES
+# Class names of the MedMNIST files this project uses, in label order (MedMNIST v2 `INFO`).
+MEDMNIST_CLASSES = {
+    "breastmnist": ("malignant", "normal_benign"),
+    "pneumoniamnist": ("normal", "pneumonia"),
+}
 
 
 def read_medmnist(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -77,3 +83,24 @@ def medmnist_records(path: str | os.PathLike[str], split: str) -> list[dict[str,
         raise DatasetError(f"unknown MedMNIST split {split!r} for {path}; use one of {MEDMNIST_SPLITS}")
     images, labels = read_medmnist(path)[split]
     return [{"image": images[i], "label": int(labels[i]), "id": f"{split}-{i}"} for i in range(len(images))]
+
+
+def medmnist_class_names(path: str | os.PathLike[str]) -> list[str]:
+    """The published class names for the files named in :data:`MEDMNIST_CLASSES`, else ``class0``, ``class1``, ..."""
+    stem = Path(path).name.split(".")[0].lower()
+    if stem in MEDMNIST_CLASSES:
+        return list(MEDMNIST_CLASSES[stem])
+    labels = read_medmnist(path)["train"][1]
+    return [f"class{i}" for i in range(int(labels.max()) + 1)]
+
+
+FORMATS = (
+    DatasetFormat(
+        "medmnist",
+        "{root} is the .npz file itself (e.g. medmnist/breastmnist.npz) with train/val/test _images and _labels",
+        "https://medmnist.com/ (MedMNIST v2, the 2D .npz files)",
+        "the official train/val/test split of the .npz, as published (seed unused)",
+        lambda root, split, seed: medmnist_records(root, split),
+        medmnist_class_names,
+    ),
+)

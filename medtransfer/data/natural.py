@@ -2,8 +2,9 @@
 
 "Rethinking Two Consensuses of the Transferability in Deep Learning" fine-tunes one pre-trained network on many
 natural-image sets and regresses layer-wise transferability on the training-set size, so every set must come
-through one entry point with a fixed, documented split. :func:`natural_records` returns the usual records
-(``{"image": path or uint8 HxWx3 array, "label": int, "id": str}``) and :class:`LoadRGBd` loads them, grey medical
+through one entry point with a fixed, documented split. Each set here is a format of :mod:`medtransfer.data.registry`
+(:data:`FORMATS`), read with :func:`~medtransfer.data.registry.dataset_records` into the usual records
+(``{"image": path or uint8 HxWx3 array, "label": int, "id": str}``); :class:`LoadRGBd` loads them, grey medical
 images included, as (3,H,W) float tensors for ImageNet-style networks.
 
 Split rules (``seed`` only matters where a split is drawn; the same seed always gives the same split):
@@ -20,17 +21,16 @@ Nothing is ever downloaded (torchvision datasets are built with ``download=False
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medtransfer.data.imagefolder import folder_classes, image_folder_split, read_image_folder
-from medtransfer.data.splits import SPLIT_NAMES, carve_val, split_records
+from medtransfer.data.registry import DatasetFormat, Records, dataset_class_names, dataset_records
+from medtransfer.data.splits import carve_val, split_records
 from medtransfer.errors import DatasetError
 
-SPLITS = SPLIT_NAMES
 VAL_FRACTION = 0.1  # of the training part, where a set has no official validation split
 CALTECH101_TRAIN_PER_CLASS = 30
 UCMERCED_TEST_FRACTION = 0.2
@@ -41,24 +41,10 @@ POCUS_FOLD, POCUS_NUM_FOLDS = 0, 5
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DOMAINNET_DOMAINS = ("real", "painting", "clipart")
 
-Records = list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class NaturalDataset:
-    """One adapter: how to read a set, where it must lie under ``root`` and where to get it."""
-
-    name: str
-    layout: str  # the expected tree, "{root}" standing for the root given
-    source: str  # official page to download from
-    split_rule: str
-    read: Callable[[Path, str, int], Records]  # (root, split, seed) -> records
-    classes: Callable[[Path], list[str]]
-
 
 def _missing(name: str, root: Path, detail: str = "") -> DatasetError:
     """The one error for absent or unreadable data: dataset, root, expected tree, official source."""
-    spec = NATURAL_DATASETS[name]
+    spec = NATURAL_FORMATS[name]
     layout = "\n".join("  " + line for line in spec.layout.format(root=root).splitlines())
     reason = f" ({detail})" if detail else ""
     return DatasetError(
@@ -420,26 +406,21 @@ def _pocus_format(root: Path) -> str:
 
 def _pocus_records(root: Path, split: str, seed: int) -> Records:
     """Fold POCUS_FOLD of POCUS_NUM_FOLDS, patient-grouped: grey uint8 frames, which LoadRGBd turns into RGB."""
-    from medtransfer.data.pocus_datalist import pocus_datalist
-
-    fmt = _pocus_format(root)
-    return pocus_datalist(root, fmt, split, fold=POCUS_FOLD, num_folds=POCUS_NUM_FOLDS, seed=seed)
+    return dataset_records(_pocus_format(root), root, split, seed=seed, fold=POCUS_FOLD, num_folds=POCUS_NUM_FOLDS)
 
 
 def _pocus_classes(root: Path) -> list[str]:
-    from medtransfer.data.pocus_datalist import pocus_class_names
-
-    return pocus_class_names(root, _pocus_format(root))
+    return dataset_class_names(_pocus_format(root), root)
 
 
-# --- registry ----------------------------------------------------------------------------------------------------
+# --- the formats -------------------------------------------------------------------------------------------------
 
 _CIFAR_FOLDERS = "or {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg (class folders, e.g. a JPEG export)"
 _VAL = f"val = seeded stratified {VAL_FRACTION:.0%} of the training part"
 
 
-def _domainnet(domain: str) -> NaturalDataset:
-    return NaturalDataset(
+def _domainnet(domain: str) -> DatasetFormat:
+    return DatasetFormat(
         name=f"domainnet_{domain}",
         layout=(
             f"{{root}}/{domain}/<class>/*.jpg\n{{root}}/{domain}_train.txt and {{root}}/{domain}_test.txt "
@@ -447,13 +428,13 @@ def _domainnet(domain: str) -> NaturalDataset:
         ),
         source="http://ai.bu.edu/M3SDA/ (DomainNet: the cleaned image zip and the train/test split files)",
         split_rule=f"official {domain}_train.txt / {domain}_test.txt; {_VAL}",
-        read=lambda root, split, seed: _domainnet_records(root, split, seed, domain),
+        records=lambda root, split, seed: _domainnet_records(root, split, seed, domain),
         classes=lambda root: _domainnet_classes(root, domain),
     )
 
 
-NATURAL_DATASETS: dict[str, NaturalDataset] = {
-    "cifar10": NaturalDataset(
+NATURAL_FORMATS: dict[str, DatasetFormat] = {
+    "cifar10": DatasetFormat(
         "cifar10",
         "{root}/cifar-10-batches-py/{{data_batch_1..5, test_batch, batches.meta}} "
         "(torchvision.datasets.CIFAR10 layout, the python version)\n" + _CIFAR_FOLDERS,
@@ -462,7 +443,7 @@ NATURAL_DATASETS: dict[str, NaturalDataset] = {
         lambda root, split, seed: _cifar_records(root, split, seed, hundred=False),
         lambda root: _cifar_classes(root, hundred=False),
     ),
-    "cifar100": NaturalDataset(
+    "cifar100": DatasetFormat(
         "cifar100",
         "{root}/cifar-100-python/{{train, test, meta}} (torchvision.datasets.CIFAR100 layout, the python version)\n"
         + _CIFAR_FOLDERS,
@@ -471,7 +452,7 @@ NATURAL_DATASETS: dict[str, NaturalDataset] = {
         lambda root, split, seed: _cifar_records(root, split, seed, hundred=True),
         lambda root: _cifar_classes(root, hundred=True),
     ),
-    "caltech101": NaturalDataset(
+    "caltech101": DatasetFormat(
         "caltech101",
         "{root}/caltech101/101_ObjectCategories/<class>/image_0001.jpg .. (torchvision.datasets.Caltech101 layout; "
         "BACKGROUND_Google is left out)",
@@ -481,7 +462,7 @@ NATURAL_DATASETS: dict[str, NaturalDataset] = {
         _caltech101_records,
         lambda root: _caltech101_all(root)[1],
     ),
-    "cub200": NaturalDataset(
+    "cub200": DatasetFormat(
         "cub200",
         "{root}/CUB_200_2011/images/<class>/*.jpg\n"
         "{root}/CUB_200_2011/{{images.txt, image_class_labels.txt, train_test_split.txt, classes.txt}}",
@@ -490,7 +471,7 @@ NATURAL_DATASETS: dict[str, NaturalDataset] = {
         _cub_records,
         _cub_classes,
     ),
-    "aircraft": NaturalDataset(
+    "aircraft": DatasetFormat(
         "aircraft",
         "{root}/fgvc-aircraft-2013b/data/images/*.jpg\n"
         "{root}/fgvc-aircraft-2013b/data/{{variants.txt, images_variant_trainval.txt, images_variant_test.txt}} "
@@ -500,7 +481,7 @@ NATURAL_DATASETS: dict[str, NaturalDataset] = {
         _aircraft_records,
         lambda root: list(_aircraft(root, "test").classes),
     ),
-    "flowers17": NaturalDataset(
+    "flowers17": DatasetFormat(
         "flowers17",
         "{root}/flowers17/<class>/*.jpg or {root}/<class>/*.jpg (class folders, optionally under train/ val/ "
         "test/; the release's jpg/image_NNNN.jpg must first be sorted into 17 class folders, 80 images each)",
@@ -509,7 +490,7 @@ NATURAL_DATASETS: dict[str, NaturalDataset] = {
         _flowers17_records,
         lambda root: folder_classes(_flowers17_base(root)),
     ),
-    "flowers102": NaturalDataset(
+    "flowers102": DatasetFormat(
         "flowers102",
         "{root}/flowers-102/jpg/image_00001.jpg ..\n{root}/flowers-102/{{imagelabels.mat, setid.mat}} "
         "(torchvision.datasets.Flowers102 layout)",
@@ -518,7 +499,7 @@ NATURAL_DATASETS: dict[str, NaturalDataset] = {
         _flowers102_records,
         _flowers102_classes,
     ),
-    "ucmerced": NaturalDataset(
+    "ucmerced": DatasetFormat(
         "ucmerced",
         "{root}/UCMerced_LandUse/Images/<class>/*.tif (the release zip; or {root}/<class>/*.tif)",
         "http://weegee.vision.ucmerced.edu/datasets/landuse.html (UCMerced_LandUse.zip)",
@@ -526,7 +507,7 @@ NATURAL_DATASETS: dict[str, NaturalDataset] = {
         _ucmerced_records,
         lambda root: folder_classes(_ucmerced_base(root)),
     ),
-    "dtd": NaturalDataset(
+    "dtd": DatasetFormat(
         "dtd",
         "{root}/dtd/dtd/images/<class>/*.jpg\n{root}/dtd/dtd/labels/{{train1.txt, val1.txt, test1.txt}} "
         "(torchvision.datasets.DTD layout: the release's dtd/ folder inside {root}/dtd/)",
@@ -536,7 +517,7 @@ NATURAL_DATASETS: dict[str, NaturalDataset] = {
         _dtd_classes,
     ),
     **{f"domainnet_{d}": _domainnet(d) for d in DOMAINNET_DOMAINS},
-    "pocus": NaturalDataset(
+    "pocus": DatasetFormat(
         "pocus",
         "{root}/pocus_videos/{{convex,linear}}/<Cov|Pneu|Reg|Vir>_*.mp4 and {root}/pocus_images/{{convex,linear}}/ "
         "(the covid19_ultrasound data/ folder), or extracted frames {root}/<fold or split>/<class>/<clip>_<n>.png",
@@ -546,7 +527,7 @@ NATURAL_DATASETS: dict[str, NaturalDataset] = {
         _pocus_records,
         _pocus_classes,
     ),
-    "imagefolder": NaturalDataset(
+    "imagefolder": DatasetFormat(
         "imagefolder",
         "{root}/<class>/*.jpg (two or more class folders), optionally as {root}/train/<class>/ with test/ (and val/)",
         "the dataset's own page (any class-per-folder image set)",
@@ -557,28 +538,4 @@ NATURAL_DATASETS: dict[str, NaturalDataset] = {
 }
 
 
-def _spec(name: str) -> NaturalDataset:
-    if name not in NATURAL_DATASETS:
-        raise ValueError(f"unknown natural dataset {name!r}; choose one of {sorted(NATURAL_DATASETS)}")
-    return NATURAL_DATASETS[name]
-
-
-def natural_records(name: str, root: str | Path, split: str, seed: int = 0) -> Records:
-    """Records ``{"image", "label", "id"}`` of one split of dataset `name` under `root` (rules in the module doc).
-
-    The same `seed` in training and evaluation gives the same validation (and drawn test) images.
-    """
-    spec = _spec(name)
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return spec.read(Path(root), split, seed)
-
-
-def natural_class_names(name: str, root: str | Path) -> list[str]:
-    """Class names in label order, so the head size and report labels follow from the data."""
-    return _spec(name).classes(Path(root))
-
-
-def dataset_size(name: str, root: str | Path, seed: int = 0) -> int:
-    """Number of training records (after the validation carve): the N of the transferability regression."""
-    return len(natural_records(name, root, "train", seed=seed))
+FORMATS = tuple(NATURAL_FORMATS.values())

@@ -1,6 +1,6 @@
 """POCUS frame datalists for a fold: clips (or pre-extracted frames) -> train / val / test frame records.
 
-Two on-disk formats, one entry point (:func:`pocus_datalist`):
+Two on-disk formats of :mod:`medtransfer.data.registry` (:data:`FORMATS`), read by :func:`pocus_datalist`:
 
 - ``pocus_videos``: the public POCUS layout (``pocus_videos/{convex,linear}/<Prefix>_*.mp4``, read by
   :func:`medtransfer.data.pocus.read_pocus_clips`). Clips are assigned to ``num_folds`` class-balanced folds
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medtransfer.data.folds import grouped_validation_split, train_val_test_folds
-from medtransfer.data.imagefolder import IMAGE_SUFFIXES, natural_key
+from medtransfer.data.folds import grouped_stratified_kfold, grouped_validation_split, train_val_test_folds
+from medtransfer.data.imagefolder import IMAGE_SUFFIXES, natural_key, save_grey_image
 from medtransfer.data.pocus import (
     IMAGE_EXTENSIONS,
     POCUS_CLASSES,
@@ -35,12 +35,10 @@ from medtransfer.data.pocus import (
     read_clip_frames,
     read_pocus_clips,
 )
+from medtransfer.data.registry import DatasetFormat, Records, dataset_class_names, dataset_records
 from medtransfer.data.splits import SPLIT_NAMES
-from medtransfer.data.synthetic import save_grey_image
 from medtransfer.errors import DatasetError
 
-POCUS_FORMATS = ("pocus_videos", "pocus_frames")
-SPLITS = SPLIT_NAMES
 _FRAME_RE = re.compile(r"^(?P<clip>.+?)[_-](?:frame)?(?P<frame>\d+)$")
 
 
@@ -124,10 +122,7 @@ def pocus_class_names(
     The public CC-BY subset has no pneumonia clips, so the head and the report follow the data rather than
     assuming three classes; pass ``classes`` explicitly to fix them.
     """
-    _check_format(dataset_format)
-    if dataset_format == "pocus_frames":
-        return _present_classes(read_frame_folders(dataset_dir), dataset_dir)
-    return _read_clips(dataset_dir, probe, None)[1]
+    return dataset_class_names(dataset_format, dataset_dir, probe=probe)
 
 
 def _present_classes(records: Sequence[dict[str, Any]], dataset_dir: str | Path) -> list[str]:
@@ -159,7 +154,7 @@ def _frames_from_folders(
 ) -> list[dict[str, Any]]:
     parts = list(dict.fromkeys(r["part"] for r in all_records))  # every part holds frames, in folder order
     records = [r | {"label": list(classes).index(r["class_name"])} for r in all_records if r["class_name"] in classes]
-    if set(parts) <= set(SPLITS):
+    if set(parts) <= set(SPLIT_NAMES):
         if "train" not in parts or "test" not in parts:
             raise DatasetError(f"{root} has split folders {parts}; a fixed split needs at least train/ and test/")
         if split == "test" or "val" in parts:
@@ -181,42 +176,34 @@ def _frames_from_folders(
     return [records[i] for i in (train if split == "train" else val)]
 
 
-def pocus_datalist(
-    dataset_dir: str | Path,
-    dataset_format: str = "pocus_videos",
-    split: str = "train",
-    fold: int = 0,
-    num_folds: int = 5,
-    seed: int = 0,
-    probe: str = "convex",
-    classes: Sequence[str] | None = None,
-    fps: float | None = 3.0,
-    max_frames: int | None = 30,
-    image_size: int | None = 64,
-    val_fraction: float = 0.15,
-) -> list[dict[str, Any]]:
-    """Frame records of ``split`` ("train", "val" or "test") for test fold ``fold`` of ``num_folds``.
+def _frame_records(
+    root: Path, split: str, seed: int, fold: int, num_folds: int, classes: Sequence[str] | None, val_fraction: float
+) -> Records:
+    frames = read_frame_folders(root)
+    classes = list(classes) if classes is not None else _present_classes(frames, root)
+    records = _frames_from_folders(frames, root, split, fold, num_folds, seed, classes, val_fraction)
+    return [{k: r[k] for k in ("image", "label", "clip", "group")} | {"id": Path(r["image"]).stem} for r in records]
 
-    Videos are sampled at ``fps`` frames per second (3, as POCOVID-Net), at most ``max_frames`` per clip spread over
-    the whole clip, and resized to ``image_size`` squared while decoding so that caching all frames stays small.
-    The same ``seed`` and ``fold`` in training and evaluation give the same test clips, which training never sees.
-    """
-    _check_format(dataset_format)
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    root = Path(dataset_dir)
-    if dataset_format == "pocus_frames":
-        frames = read_frame_folders(root)
-        classes = list(classes) if classes is not None else _present_classes(frames, root)
-        records = _frames_from_folders(frames, root, split, fold, num_folds, seed, classes, val_fraction)
-        return [{k: r[k] for k in ("image", "label", "clip", "group")} | {"id": Path(r["image"]).stem} for r in records]
 
+def _video_records(
+    root: Path,
+    split: str,
+    seed: int,
+    fold: int,
+    num_folds: int,
+    classes: Sequence[str] | None,
+    val_fraction: float,
+    probe: str,
+    fps: float | None,
+    max_frames: int | None,
+    image_size: int | None,
+) -> Records:
     clips, classes = _read_clips(root, probe, classes)
     parts = train_val_test_folds(
         [c["label"] for c in clips], [c["group"] for c in clips], k=num_folds, test_fold=fold, seed=seed,
         val_fraction=val_fraction,
     )  # fmt: skip
-    out: list[dict[str, Any]] = []
+    out: Records = []
     for i in parts[split]:
         clip = clips[i]
         for t, frame in enumerate(_clip_frames(clip["path"], fps, max_frames, image_size)):
@@ -225,6 +212,48 @@ def pocus_datalist(
                  "group": clip["group"]}
             )  # fmt: skip
     return out
+
+
+def _split_reader(extracted: bool) -> Callable[..., Records]:
+    """The records function of ``pocus_frames`` (``extracted``) or ``pocus_videos``, with one set of options so that
+    the same bundle settings serve both; frames are read as extracted, so the decoding options (``probe``, ``fps``,
+    ``max_frames``, ``image_size``) do not apply to them."""
+
+    def records(
+        root: Path,
+        split: str,
+        seed: int,
+        *,
+        fold: int = 0,
+        num_folds: int = 5,
+        classes: Sequence[str] | None = None,
+        val_fraction: float = 0.15,
+        probe: str = "convex",
+        fps: float | None = 3.0,
+        max_frames: int | None = 30,
+        image_size: int | None = 64,
+    ) -> Records:
+        if extracted:
+            return _frame_records(root, split, seed, fold, num_folds, classes, val_fraction)
+        return _video_records(
+            root, split, seed, fold, num_folds, classes, val_fraction, probe, fps, max_frames, image_size
+        )
+
+    return records
+
+
+def pocus_datalist(
+    dataset_dir: str | Path, dataset_format: str = "pocus_videos", split: str = "train", seed: int = 0, **options: Any
+) -> Records:
+    """Frame records of ``split`` ("train", "val" or "test") for test fold ``fold`` of ``num_folds``.
+
+    Options (keywords): ``fold`` (0), ``num_folds`` (5), ``classes`` (default: those present), ``val_fraction``
+    (0.15) and, for ``pocus_videos``, ``probe`` ("convex"), ``fps`` (3.0), ``max_frames`` (30), ``image_size`` (64).
+    Videos are sampled at ``fps`` frames per second (3, as POCOVID-Net), at most ``max_frames`` per clip spread over
+    the whole clip, and resized to ``image_size`` squared while decoding so that caching all frames stays small.
+    The same ``seed`` and ``fold`` in training and evaluation give the same test clips, which training never sees.
+    """
+    return dataset_records(dataset_format, dataset_dir, split, seed=seed, **options)
 
 
 def pocus_clip_datalist(
@@ -274,8 +303,6 @@ def extract_pocus_frames(
     if out.exists():
         raise DatasetError(f"{out} already exists; choose a new folder for the extracted frames or delete it")
     clips, _ = _read_clips(dataset_dir, probe, classes)
-    from medtransfer.data.folds import grouped_stratified_kfold
-
     folds = grouped_stratified_kfold([c["label"] for c in clips], [c["group"] for c in clips], k=num_folds, seed=seed)
     for f, members in enumerate(folds):
         for i in members:
@@ -288,6 +315,22 @@ def extract_pocus_frames(
     return out
 
 
-def _check_format(dataset_format: str) -> None:
-    if dataset_format not in POCUS_FORMATS:
-        raise ValueError(f"dataset_format must be one of {POCUS_FORMATS}, got {dataset_format!r}")
+FORMATS = (
+    DatasetFormat(
+        "pocus_videos",
+        "{root}/pocus_videos/{{convex,linear}}/<Cov|Pneu|Reg|Vir>_*.mp4 and {root}/pocus_images/{{convex,linear}}/",
+        "https://github.com/jannisborn/covid19_ultrasound (data/pocus_videos, data/pocus_images)",
+        "num_folds (5) class-balanced folds by patient group, fold (0) as test, val by patient group from the others",
+        _split_reader(extracted=False),
+        lambda root, *, probe="convex": _read_clips(root, probe, None)[1],
+    ),
+    DatasetFormat(
+        "pocus_frames",
+        "{root}/<part>/<class>/<clip>_<frame>.png, <part> train/val/test or one folder per fold",
+        "medtransfer pocus-frames (the patient-grouped folds of a pocus_videos layout, as PNG frames)",
+        "train/val/test folders as given (val by clip group from train/ when absent), or one folder per fold: "
+        "fold (0) as test, val by clip group from the others",
+        _split_reader(extracted=True),
+        lambda root, *, probe=None: _present_classes(read_frame_folders(root), root),
+    ),
+)

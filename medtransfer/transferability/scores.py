@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .statistics import _features, _labels
+from medtransfer.transferability.statistics import as_features, as_labels
 
 __all__ = ["LogMEResult", "leep", "logme", "logme_evidence", "rank_correlation"]
 
@@ -86,8 +86,8 @@ def logme_evidence(features: np.ndarray, labels: np.ndarray | Sequence[int]) -> 
       sigma) + (F - k) log alpha. The reference's fixed-point code omits this term, which inflates the score by
       (F - k)/(2N) log alpha whenever N < F; its ICML-version code (eigendecomposition of the full F^T F) includes it.
     """
-    f = _features(features, "features", min_samples=2)
-    y = _labels(labels, f.shape[0])
+    f = as_features(features, "features", min_samples=2)
+    y = as_labels(labels, f.shape[0])
     classes = np.unique(y)
     if classes.size < 2:
         raise ValueError(f"labels hold a single class {classes.tolist()}; LogME needs at least two target classes")
@@ -154,8 +154,8 @@ def leep(source_probs: np.ndarray, labels: np.ndarray | Sequence[int]) -> float:
     column-normalised conditional, and the score is the mean over samples of log sum_z P(y_i|z) theta_iz. Pass
     probabilities, not logits: ``scipy.special.softmax(logits, axis=1)``.
     """
-    theta = _features(source_probs, "source_probs", min_samples=1)
-    y = _labels(labels, theta.shape[0])
+    theta = as_features(source_probs, "source_probs", min_samples=1)
+    y = as_labels(labels, theta.shape[0])
     if theta.min() < 0 or not np.allclose(theta.sum(axis=1), 1.0, atol=1e-4):
         raise ValueError(
             "source_probs must be probabilities (non-negative rows summing to 1); "

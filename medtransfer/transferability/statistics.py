@@ -22,12 +22,22 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import linalg
 
-__all__ = ["dataset_statistics", "diversity", "domain_gap", "frechet_distance", "gaussian_stats", "l2_normalize"]
+__all__ = [
+    "as_features",
+    "as_labels",
+    "dataset_statistics",
+    "diversity",
+    "domain_gap",
+    "frechet_distance",
+    "gaussian_stats",
+    "l2_normalize",
+]
 
 GAP_METHODS = ("frechet", "mean")
 
 
-def _features(features: np.ndarray | Sequence, name: str, min_samples: int = 1) -> np.ndarray:
+def as_features(features: np.ndarray | Sequence, name: str, min_samples: int = 1) -> np.ndarray:
+    """``features`` as a finite float64 (N, F) array of at least ``min_samples`` rows; ValueError naming ``name``."""
     arr = np.asarray(features, dtype=np.float64)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (N samples, F features), got shape {arr.shape}")
@@ -38,7 +48,8 @@ def _features(features: np.ndarray | Sequence, name: str, min_samples: int = 1) 
     return arr
 
 
-def _labels(labels: np.ndarray | Sequence, n: int, name: str = "labels") -> np.ndarray:
+def as_labels(labels: np.ndarray | Sequence, n: int, name: str = "labels") -> np.ndarray:
+    """``labels`` as int64 class indices of shape (n,), matching n feature rows; ValueError naming ``name``."""
     arr = np.asarray(labels)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},) to match the features, got shape {arr.shape}")
@@ -62,7 +73,7 @@ def gaussian_stats(features: np.ndarray, normalize: bool = True) -> tuple[np.nda
 
     Public so that the source statistics (e.g. of ImageNet) can be computed once and reused for every target.
     """
-    x = _features(features, "features", min_samples=2)
+    x = as_features(features, "features", min_samples=2)
     if normalize:
         x = l2_normalize(x)
     return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
@@ -135,8 +146,8 @@ def domain_gap(
     """
     if method not in GAP_METHODS:
         raise ValueError(f"method must be one of {GAP_METHODS}, got {method!r}")
-    src = _features(source_features, "source_features", min_samples=2 if method == "frechet" else 1)
-    tgt = _features(target_features, "target_features", min_samples=2 if method == "frechet" else 1)
+    src = as_features(source_features, "source_features", min_samples=2 if method == "frechet" else 1)
+    tgt = as_features(target_features, "target_features", min_samples=2 if method == "frechet" else 1)
     if src.shape[1] != tgt.shape[1]:
         raise ValueError(
             f"source_features have {src.shape[1]} features but target_features have {tgt.shape[1]}; "
@@ -162,8 +173,8 @@ def diversity(features: np.ndarray, labels: np.ndarray | Sequence[int], normaliz
 
     The paper this reproduces does not publish its formula for diversity; this is our choice.
     """
-    x = _features(features, "features", min_samples=2)
-    y = _labels(labels, x.shape[0])
+    x = as_features(features, "features", min_samples=2)
+    y = as_labels(labels, x.shape[0])
     if normalize:
         x = l2_normalize(x)
     total = float(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean())

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from medtransfer.atomic import write_text_atomic
+from medtransfer.data.registry import dataset_records
 from medtransfer.report import markdown_table, save_json
 from medtransfer.runs import run_bundle_workflow
-from medtransfer.transferability.datasets import transfer_records
 from medtransfer.transferability.features import extract_features
 from medtransfer.transferability.layerwise import (
     TransferabilityResult,
@@ -94,7 +94,7 @@ def _source_features(pretrain_dir: str, image_size: int, max_samples: int, devic
     """θA's penultimate features of (a seeded sample of) its own training split: the same for every target."""
     pre = _run_info(Path(pretrain_dir))
     source = _sample(
-        transfer_records(pre["dataset"], pre["dataset_dir"], "train", seed=pre["split_seed"]), max_samples, 0
+        dataset_records(pre["dataset_format"], pre["dataset_dir"], "train", seed=pre["split_seed"]), max_samples, 0
     )
     features, _, _ = extract_features(_pretrained_model(pretrain_dir), _loader(source, image_size), device=device)
     features.setflags(write=False)
@@ -132,8 +132,8 @@ def target_statistics(
 
     pre, ft = _run_info(Path(pretrain_dir)), _run_info(Path(finetune_dir))
     size = int(ft["image_size"])
-    target_all = transfer_records(
-        ft["dataset"], ft["dataset_dir"], "train", seed=ft["split_seed"], max_train=ft.get("max_train")
+    target_all = dataset_records(
+        ft["dataset_format"], ft["dataset_dir"], "train", seed=ft["split_seed"], max_train=ft.get("max_train")
     )
     target = _sample(target_all, max_samples, 0)
     src_features = _source_features(str(Path(pretrain_dir).resolve()), size, max_samples, device)
@@ -145,8 +145,8 @@ def target_statistics(
         {
             "LogME": logme(tgt_features, tgt_labels),
             "LEEP": leep(softmax(tgt_logits, axis=1), tgt_labels),
-            "source": pre["dataset"],
-            "target": ft["dataset"],
+            "source": pre["dataset_format"],
+            "target": ft["dataset_format"],
             "target_dir": str(ft["dataset_dir"]),
             "samples": {"source": len(src_features), "target": len(target)},
         }

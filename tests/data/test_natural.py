@@ -13,14 +13,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from medtransfer.data.natural import (
-    CIFAR10_CLASSES,
-    NATURAL_DATASETS,
-    dataset_size,
-    natural_class_names,
-    natural_records,
-)
+from medtransfer.data.natural import CIFAR10_CLASSES, NATURAL_FORMATS
 from medtransfer.data.pocus_datalist import pocus_datalist
+from medtransfer.data.registry import dataset_class_names, dataset_records, dataset_size
 from medtransfer.data.transforms import LoadRGBd
 from medtransfer.errors import DatasetError
 
@@ -53,7 +48,7 @@ def _image(path: Path, value: int = 0, size: int = 4, mode: str = "RGB") -> Path
 
 
 def _splits(name: str, root: Path, seed: int = 0) -> dict[str, list[dict]]:
-    return {s: natural_records(name, root, s, seed=seed) for s in SPLITS}
+    return {s: dataset_records(name, root, s, seed=seed) for s in SPLITS}
 
 
 def _check_carved(parts: dict[str, list[dict]]) -> None:
@@ -65,29 +60,29 @@ def _check_carved(parts: dict[str, list[dict]]) -> None:
 
 
 def test_registry_holds_every_study_dataset():
-    assert set(NATURAL_DATASETS) == set(LAYOUT_HINTS)
-    assert all(spec.source and spec.split_rule for spec in NATURAL_DATASETS.values())
+    assert set(NATURAL_FORMATS) == set(LAYOUT_HINTS)
+    assert all(spec.source and spec.split_rule for spec in NATURAL_FORMATS.values())
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUT_HINTS))
 def test_missing_data_error_names_root_layout_and_source(tmp_path, name):
     for root in (tmp_path, tmp_path / "absent"):
-        for call, args in ((natural_records, (name, root, "train")), (natural_class_names, (name, root))):
+        for call, args in ((dataset_records, (name, root, "train")), (dataset_class_names, (name, root))):
             with pytest.raises(DatasetError) as info:
                 call(*args)
             message = str(info.value)
             assert not isinstance(info.value, RuntimeError)
             assert message.startswith(f"{name} not found under {root}"), message
             assert f"{root}/{LAYOUT_HINTS[name]}" in message, message
-            assert NATURAL_DATASETS[name].source in message
+            assert NATURAL_FORMATS[name].source in message
     assert list(tmp_path.iterdir()) == []  # nothing created (torchvision's Caltech101 would make root/caltech101)
 
 
 def test_unknown_name_and_split_are_refused(tmp_path):
     with pytest.raises(ValueError, match="cifar10"):
-        natural_records("cifar1O", tmp_path, "train")
+        dataset_records("cifar1O", tmp_path, "train")
     with pytest.raises(ValueError, match="split"):
-        natural_records("cifar10", tmp_path, "validation")
+        dataset_records("cifar10", tmp_path, "validation")
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------------------------------
@@ -103,13 +98,13 @@ def test_real_cifar10_jpeg_folders(need):
     assert Counter(r["label"] for r in parts["test"]) == dict.fromkeys(range(10), 50)
     assert all("/train/" in r["image"] for r in parts["train"] + parts["val"])
     assert all("/test/" in r["image"] for r in parts["test"])
-    classes = natural_class_names("cifar10", root)
+    classes = dataset_class_names("cifar10", root)
     assert classes == list(CIFAR10_CLASSES) == [
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
     ]  # fmt: skip
     assert all(Path(r["image"]).parent.name == classes[r["label"]] for r in parts["train"][::97])
-    assert natural_records("cifar10", root, "val", seed=0) == parts["val"]  # seeded
-    assert natural_records("cifar10", root, "val", seed=1) != parts["val"]
+    assert dataset_records("cifar10", root, "val", seed=0) == parts["val"]  # seeded
+    assert dataset_records("cifar10", root, "val", seed=1) != parts["val"]
     assert dataset_size("cifar10", root) == 4500
     image = LoadRGBd("image")(parts["test"][0])["image"]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
@@ -176,14 +171,14 @@ def test_cifar10_torchvision_pickles_give_uint8_arrays(tmp_path, monkeypatch):
     test_hwc, test_labels = written["test_batch"]
     assert [r["label"] for r in parts["test"]] == test_labels
     np.testing.assert_array_equal(parts["test"][3]["image"], test_hwc[3])
-    assert natural_class_names("cifar10", tmp_path) == list(CIFAR10_CLASSES)
+    assert dataset_class_names("cifar10", tmp_path) == list(CIFAR10_CLASSES)
     assert dataset_size("cifar10", tmp_path) == 40
 
 
 def test_cifar10_pickles_failing_torchvisions_checks_give_a_dataset_error(tmp_path):
     _fake_cifar10(tmp_path)
     with pytest.raises(DatasetError, match=r"torchvision rejected the files.*not the official release") as info:
-        natural_records("cifar10", tmp_path, "test")
+        dataset_records("cifar10", tmp_path, "test")
     assert "https://www.cs.toronto.edu/~kriz/cifar.html" in str(info.value)
 
 
@@ -192,7 +187,7 @@ def test_cifar10_folders_must_hold_the_ten_classes(tmp_path):
         for c in ("cat", "dog"):
             _image(tmp_path / part / c / "0.jpg")
     with pytest.raises(DatasetError, match="CIFAR-10 needs"):
-        natural_records("cifar10", tmp_path, "test")
+        dataset_records("cifar10", tmp_path, "test")
 
 
 # --- CUB-200-2011 --------------------------------------------------------------------------------------------------
@@ -222,11 +217,11 @@ def test_cub200_uses_train_test_split_txt(tmp_path):
     assert Counter(r["label"] for r in parts["test"]) == {0: 3, 1: 3, 2: 3}
     assert all(int(Path(r["image"]).stem[-4:]) >= 5 for r in parts["test"])  # the files marked 0 in the split
     assert all(classes[r["label"]] in r["image"] and Path(r["image"]).is_file() for r in parts["train"])
-    assert natural_class_names("cub200", tmp_path) == classes
+    assert dataset_class_names("cub200", tmp_path) == classes
     assert dataset_size("cub200", tmp_path) == 12
     (base / "classes.txt").unlink()
     with pytest.raises(DatasetError, match="lacks classes.txt"):
-        natural_records("cub200", tmp_path, "train")
+        dataset_records("cub200", tmp_path, "train")
 
 
 # --- DomainNet -----------------------------------------------------------------------------------------------------
@@ -249,14 +244,14 @@ def test_domainnet_reads_its_domain_split_files(tmp_path):
     _check_carved(parts)
     assert all(r["id"].startswith("real/") and Path(r["image"]).is_file() for s in SPLITS for r in parts[s])
     assert all("_test_" in r["id"] for r in parts["test"]) and not any("_test_" in r["id"] for r in parts["val"])
-    assert natural_class_names("domainnet_real", tmp_path) == classes
-    assert len(natural_records("domainnet_clipart", tmp_path, "test")) == 3
+    assert dataset_class_names("domainnet_real", tmp_path) == classes
+    assert len(dataset_records("domainnet_clipart", tmp_path, "test")) == 3
     assert dataset_size("domainnet_clipart", tmp_path) == 6
     with pytest.raises(DatasetError, match="painting_train.txt"):
-        natural_records("domainnet_painting", tmp_path, "train")
+        dataset_records("domainnet_painting", tmp_path, "train")
     (tmp_path / "real_test.txt").write_text("real/airplane/x.jpg 0\n")  # label 0 is aircraft_carrier in train
     with pytest.raises(DatasetError, match="label 0"):
-        natural_class_names("domainnet_real", tmp_path)
+        dataset_class_names("domainnet_real", tmp_path)
 
 
 # --- Caltech-101 ---------------------------------------------------------------------------------------------------
@@ -269,14 +264,14 @@ def test_caltech101_takes_30_per_class_for_training(tmp_path):
         for i in range(1, n + 1):
             _image(base / cls / f"image_{i:04d}.jpg", value=i)
     parts = _splits("caltech101", tmp_path, seed=3)
-    assert natural_class_names("caltech101", tmp_path) == ["Faces", "accordion"]  # torchvision's order, no background
+    assert dataset_class_names("caltech101", tmp_path) == ["Faces", "accordion"]  # torchvision's order, no background
     assert Counter(r["label"] for r in parts["train"]) == {0: 27, 1: 27}
     assert Counter(r["label"] for r in parts["val"]) == {0: 3, 1: 3}
     assert Counter(r["label"] for r in parts["test"]) == {0: 3, 1: 5}
     _check_carved(parts)
     assert not any("BACKGROUND" in r["image"] for s in SPLITS for r in parts[s])
     assert all(Path(r["image"]).parent.name == ["Faces", "accordion"][r["label"]] for r in parts["test"])
-    other = natural_records("caltech101", tmp_path, "test", seed=4)
+    other = dataset_records("caltech101", tmp_path, "test", seed=4)
     assert {r["id"] for r in other} != {r["id"] for r in parts["test"]}  # the seed draws the split
     assert dataset_size("caltech101", tmp_path, seed=3) == 54
 
@@ -300,7 +295,7 @@ def test_dtd_uses_official_split_1(tmp_path):
     assert [len(parts[s]) for s in SPLITS] == [12, 6, 9]
     assert all(f"_{s}" in r["id"] for s in SPLITS for r in parts[s])
     assert all(r["id"].split("/")[0] == classes[r["label"]] for s in SPLITS for r in parts[s])
-    assert natural_class_names("dtd", tmp_path) == classes
+    assert dataset_class_names("dtd", tmp_path) == classes
 
 
 def test_ucmerced_gets_a_seeded_stratified_split(tmp_path):
@@ -313,7 +308,7 @@ def test_ucmerced_gets_a_seeded_stratified_split(tmp_path):
     assert Counter(r["label"] for r in parts["test"]) == {0: 2, 1: 2, 2: 2}  # 20 % test
     assert sum(len(parts[s]) for s in SPLITS) == 30 and len(parts["val"]) == 3
     _check_carved(parts)
-    assert natural_class_names("ucmerced", tmp_path) == classes
+    assert dataset_class_names("ucmerced", tmp_path) == classes
     again = _splits("ucmerced", tmp_path)
     assert again == parts
     assert _splits("ucmerced", tmp_path, seed=5)["test"] != parts["test"]
@@ -328,7 +323,7 @@ def test_flowers17_class_folders_split_like_the_official_proportions(tmp_path):
     parts = _splits("flowers17", tmp_path)
     assert [len(parts[s]) for s in SPLITS] == [8, 4, 4]
     _check_carved(parts)
-    assert natural_class_names("flowers17", tmp_path) == ["bluebell", "daffodil"]
+    assert dataset_class_names("flowers17", tmp_path) == ["bluebell", "daffodil"]
 
 
 def test_aircraft_trains_on_trainval(tmp_path):
@@ -349,7 +344,7 @@ def test_aircraft_trains_on_trainval(tmp_path):
     assert [len(parts[s]) for s in SPLITS] == [12, 3, 6]
     _check_carved(parts)
     assert Counter(r["label"] for r in parts["test"]) == {0: 2, 1: 2, 2: 2}
-    assert natural_class_names("aircraft", tmp_path) == variants  # "Cessna 172": names with spaces survive
+    assert dataset_class_names("aircraft", tmp_path) == variants  # "Cessna 172": names with spaces survive
 
 
 def test_flowers102_uses_setid_mat(tmp_path, monkeypatch):
@@ -374,7 +369,7 @@ def test_flowers102_uses_setid_mat(tmp_path, monkeypatch):
     parts = _splits("flowers102", tmp_path)
     assert [r["id"] for r in parts["train"]] == ["image_00001.jpg", "image_00005.jpg", "image_00009.jpg"]
     assert [r["label"] for r in parts["val"]] == [0, 1, 2] and len(parts["test"]) == 6
-    assert natural_class_names("flowers102", tmp_path) == ["flower_001", "flower_002", "flower_003"]
+    assert dataset_class_names("flowers102", tmp_path) == ["flower_001", "flower_002", "flower_003"]
 
 
 # --- POCUS and generic image folders -------------------------------------------------------------------------------
@@ -388,10 +383,10 @@ def test_pocus_delegates_to_the_pocus_reader(tmp_path):
                     path = tmp_path / f"fold{fold}" / cls / f"{prefix}_f{fold}p{p}_v1_{t:03d}.png"
                     _image(path, value=40 * fold + t, size=8, mode="L")
     for split in SPLITS:
-        assert natural_records("pocus", tmp_path, split) == pocus_datalist(tmp_path, "pocus_frames", split, fold=0)
-    test = natural_records("pocus", tmp_path, "test")
+        assert dataset_records("pocus", tmp_path, split) == pocus_datalist(tmp_path, "pocus_frames", split, fold=0)
+    test = dataset_records("pocus", tmp_path, "test")
     assert len(test) == 8 and all("/fold0/" in r["image"] for r in test)
-    assert natural_class_names("pocus", tmp_path) == ["covid19", "regular"]
+    assert dataset_class_names("pocus", tmp_path) == ["covid19", "regular"]
     image = LoadRGBd("image")(test[0])["image"]
     assert image.shape == (3, 8, 8) and torch.equal(image[0], image[2])  # grey frames become 3 equal channels
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medtransfer.data.imagefolder import save_grey_image
 from medtransfer.data.pocus import read_pocus_clips
 from medtransfer.data.pocus_datalist import (
     extract_pocus_frames,
@@ -17,7 +18,6 @@ from medtransfer.data.pocus_datalist import (
     pocus_datalist,
     read_frame_folders,
 )
-from medtransfer.data.synthetic import save_grey_image
 from medtransfer.errors import DatasetError
 
 FAST = {"fps": 3.0, "max_frames": 4, "image_size": 32}

@@ -153,6 +153,16 @@ def test_resnet18_exact_t_per_layer(mode: str) -> None:
         assert [la.n_tensors for la in result.layers] == [1] + [2] * 8 + [1]
 
 
+def test_state_dicts_of_wrapped_models_give_the_same_t() -> None:
+    """DataParallel/DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes are stripped, per state dict."""
+    model = torchvision.models.resnet18(weights=None, num_classes=4)
+    init, pretrained, finetuned, _, _ = _resnet_states(model)
+    plain = layerwise_transferability(model, init, pretrained, finetuned)
+    ddp = {f"module.{k}": v for k, v in pretrained.items()}
+    compiled = {f"_orig_mod.{k}": v for k, v in finetuned.items()}
+    assert _t(layerwise_transferability(model, init, ddp, compiled)) == _t(plain)
+
+
 @pytest.mark.parametrize("mode", ["paper", "full"])
 def test_resnet50_exact_t_per_layer(mode: str) -> None:
     result, expected = _exact(torchvision.models.resnet50(weights=None, num_classes=3), mode)

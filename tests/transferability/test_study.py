@@ -11,10 +11,10 @@ import torch
 from conftest import REPO
 
 from medtransfer.cli import main
-from medtransfer.data import make_synthetic_busi
-from medtransfer.data.synthetic_shapes import SHAPE_CLASSES, make_synthetic_shapes
-from medtransfer.engine import SaveInitialWeights
-from medtransfer.transferability.datasets import transfer_dataset_size, transfer_records
+from medtransfer.data import make_synthetic_busi, make_synthetic_shapes
+from medtransfer.data.registry import dataset_records, dataset_size
+from medtransfer.data.synthetic.shapes import SHAPE_CLASSES
+from medtransfer.handlers import SaveInitialWeights
 from medtransfer.transferability.study import measure_runs, study_row, study_table, train_and_evaluate
 
 BUNDLE = REPO / "bundles" / "natural_transferability"
@@ -29,11 +29,11 @@ def runs(tmp_path_factory):
     busi = make_synthetic_busi(base / "busi", n_per_class=8, image_size=48)
     common = {**TINY, "runs_dir": str(base / "runs")}
     pre = train_and_evaluate(
-        BUNDLE, {**common, "dataset_name": "imagefolder", "dataset_dir": str(shapes), "run_name": "pre"}
+        BUNDLE, {**common, "dataset_format": "imagefolder", "dataset_dir": str(shapes), "run_name": "pre"}
     )
     ft = train_and_evaluate(
         BUNDLE,
-        {**common, "dataset_name": "busi", "dataset_dir": str(busi), "run_name": "ft",
+        {**common, "dataset_format": "busi", "dataset_dir": str(busi), "run_name": "ft",
          "pretrained_ckpt": str(pre / "model.pt")},
     )  # fmt: skip
     return pre, ft, busi
@@ -69,7 +69,7 @@ def test_study_table_with_statistics(runs, tmp_path):
     pre, ft, _ = runs
     result = measure_runs(pre, ft)
     row = study_row("busi", pre, ft, result=result)
-    assert row["N"] == transfer_dataset_size("busi", _dataset_dir(ft)) and 0 <= row["D"] <= 1 and row["G"] >= 0
+    assert row["N"] == dataset_size("busi", _dataset_dir(ft)) and 0 <= row["D"] <= 1 and row["G"] >= 0
     assert (ft / "transferability" / "transferability.csv").is_file() and (ft / "target_stats.json").is_file()
     rows = [row, dict(row, dataset="b2", T=row["T"] * 2, LogME=row["LogME"] + 1, LEEP=row["LEEP"] + 1),
             dict(row, dataset="b3", T=row["T"] * 3, LogME=row["LogME"] + 2, LEEP=row["LEEP"] - 1)]  # fmt: skip
@@ -102,14 +102,14 @@ def test_save_initial_weights_is_written_once(tmp_path):
 
 def test_transfer_records_subset_and_trainval(runs):
     busi = runs[2]
-    train = transfer_records("busi", busi, "train")
-    subset = transfer_records("busi", busi, "train", max_train=9)
+    train = dataset_records("busi", busi, "train")
+    subset = dataset_records("busi", busi, "train", max_train=9)
     assert len(subset) == 9 and {r["id"] for r in subset} <= {r["id"] for r in train}
     assert {r["label"] for r in subset} == {0, 1, 2}  # stratified: every class kept
-    both = transfer_records("busi", busi, "trainval")
-    assert len(both) == len(train) + len(transfer_records("busi", busi, "val"))
+    both = dataset_records("busi", busi, "trainval")
+    assert len(both) == len(train) + len(dataset_records("busi", busi, "val"))
     with pytest.raises(ValueError, match="unknown dataset"):
-        transfer_records("imagenet", busi, "train")
+        dataset_records("imagenet", busi, "train")
 
 
 def test_bundle_properties(runs, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from medtransfer.data import ensure_synthetic_lits, make_synthetic_lits, read_lits
-from medtransfer.data.synthetic_ct import synthetic_lits_affine
+from medtransfer.data.synthetic.lits import synthetic_lits_affine
 
 SHAPE, SPACING = (64, 64, 32), (3.0, 3.0, 5.0)
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from medtransfer.data import KERMANY_CLASSES, ensure_synthetic_kermany, make_synthetic_kermany
 from medtransfer.data.imagefolder import folder_classes, image_folder_split
-from medtransfer.data.synthetic_cxr import synthetic_cxr_image
+from medtransfer.data.synthetic.kermany import synthetic_cxr_image
 
 
 @pytest.fixture(scope="module")
