@@ -8,6 +8,7 @@ copy's location into its ``train.json``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -136,3 +137,69 @@ def init_bundle(name: str, target: str | os.PathLike, force: bool = False) -> Pa
 
     write_text_atomic(train, json.dumps(config, indent=4, ensure_ascii=False) + "\n")
     return target
+
+
+# --- bundle configs written once ------------------------------------------------------------------------------------
+# The classification bundles share most of their wiring. It is written once in parts (`configs/parts/<part>/*.json`),
+# and each bundle's shipped config is composed from its recipe (`configs/parts/recipes.json`: the parts, in merge
+# order, ending with the bundle's own part). The composed files are committed, so every bundle stays a complete,
+# self-contained MONAI bundle a user can read, copy and `_disabled_` handlers in; `medtransfer bundle compose`
+# rewrites them after a part changed, and a test fails while they are out of date.
+
+
+def parts_dir() -> Path:
+    return _package_dir("configs", "parts")
+
+
+def merge_config(base: dict, part: dict, insert_before: str | None = None) -> dict:
+    """`part` merged onto `base` the way MONAI merges config files, keeping `base`'s key order.
+
+    ``a#b`` replaces a nested item, ``+key`` appends to a list or updates a dict, any other key replaces the value in
+    place; a new top-level key goes before `insert_before` (the settings block stays together) or at the end.
+    """
+    out = copy.deepcopy(base)
+    for key, value in part.items():
+        if key.startswith("+"):
+            target = out.setdefault(key[1:], type(value)())
+            target.extend(value) if isinstance(target, list) else target.update(value)
+        elif "#" in key:
+            *path, leaf = key.split("#")
+            node = out
+            for step in path:
+                node = node[int(step)] if isinstance(node, list) else node[step]
+            node[int(leaf) if isinstance(node, list) else leaf] = copy.deepcopy(value)
+        elif key in out or insert_before not in out:
+            out[key] = copy.deepcopy(value)
+        else:
+            keys = list(out)
+            at = keys.index(insert_before)
+            out = {**{k: out[k] for k in keys[:at]}, key: copy.deepcopy(value), **{k: out[k] for k in keys[at:]}}
+    return out
+
+
+def composed_configs() -> dict[Path, str]:
+    """Every composed bundle config file and the text it should hold."""
+    recipes = json.loads((parts_dir() / "recipes.json").read_text())
+    files: dict[Path, str] = {}
+    for bundle, parts in recipes.items():
+        names = sorted({p.name for part in parts for p in (parts_dir() / part).glob("*.json")})
+        for name in names:
+            config: dict = {}
+            for part in parts:
+                path = parts_dir() / part / name
+                if path.is_file():
+                    config = merge_config(config, json.loads(path.read_text()), insert_before="network_def")
+            files[bundles_dir() / bundle / "configs" / name] = json.dumps(config, indent=4, ensure_ascii=False) + "\n"
+    return files
+
+
+def compose_bundles(check: bool = False) -> list[Path]:
+    """Rewrite the composed bundle configs from their parts (or, with `check`, only list those out of date)."""
+    from medtransfer.atomic import write_text_atomic
+
+    wanted = composed_configs()
+    stale = [path for path, text in wanted.items() if not path.is_file() or path.read_text() != text]
+    if not check:
+        for path in stale:
+            write_text_atomic(path, wanted[path])
+    return stale

@@ -7,15 +7,32 @@ what sits around them: inspecting layer groups, making demo data, and summarisin
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
+
+# = medtransfer.report.PLOT_FORMATS, not imported here because that loads matplotlib for every command
+PLOT_FORMATS = ("png", "pdf", "svg")
 
 
 def _layers(args: argparse.Namespace) -> None:
     from medtransfer.layers import describe, layer_groups
-    from medtransfer.models import build_classifier
+    from medtransfer.models import CLASSIFIERS, build_classifier, build_unet
 
-    model = build_classifier(args.arch, num_classes=args.num_classes, pretrained_ckpt=args.pretrained_ckpt)
+    if args.arch_name and args.arch not in ("resnet18", args.arch_name):
+        raise SystemExit(f"medtransfer layers: ARCH {args.arch_name!r} and --arch {args.arch!r} disagree; give one")
+    arch = args.arch_name or args.arch
+    if arch == "unet":
+        model = build_unet(
+            spatial_dims=args.spatial_dims, in_channels=args.in_channels, num_classes=args.num_classes,
+            pretrained_ckpt=args.pretrained_ckpt,
+        )  # fmt: skip
+    elif arch in CLASSIFIERS:
+        model = build_classifier(arch, num_classes=args.num_classes, pretrained_ckpt=args.pretrained_ckpt)
+    else:
+        raise SystemExit(
+            f"medtransfer layers: unknown architecture {arch!r}; choose one of {', '.join(CLASSIFIERS)}, unet"
+        )
     print(describe(layer_groups(model, args.granularity)))
 
 
@@ -39,7 +56,7 @@ def _demo_data(args: argparse.Namespace) -> None:
 def _summarize(args: argparse.Namespace) -> None:
     from medtransfer.report import format_summary, save_json, summarize_runs
 
-    summary = summarize_runs(args.run_dirs, metrics_file=args.metrics_file, keys=tuple(args.keys))
+    summary = summarize_runs(args.run_dirs, metrics_file=args.metrics_file, keys=args.keys)
     table = format_summary(summary)
     print(table)
     if args.out:
@@ -89,8 +106,8 @@ def _transfer(args: argparse.Namespace) -> None:
     if args.step in ("pretrain", "finetune"):
         from medtransfer.transferability.study import train_and_evaluate
 
-        settings = {"dataset_name": args.dataset, "dataset_dir": args.root, "run_name": args.name, "arch": args.arch}
-        settings["runs_dir"] = args.runs_dir
+        settings = {"dataset_format": args.dataset_format, "dataset_dir": args.root, "run_name": args.name}
+        settings |= {"arch": args.arch, "runs_dir": args.runs_dir}
         if args.step == "finetune":
             settings["pretrained_ckpt"] = str(Path(args.pretrained_run) / "model.pt")
             settings["max_train"] = args.max_train
@@ -147,29 +164,128 @@ def _data_root(args: argparse.Namespace) -> None:
     print(f"{root} ({'found' if root.is_dir() else 'missing'}; set {DATA_ENV} to change it)")
 
 
+def _run(args: argparse.Namespace) -> None:
+    from medtransfer.launch import run
+
+    name = run(args.bundle, args.strategy, workflow=args.workflow, evaluate=args.evaluate, overrides=args.overrides)
+    print(f"run {name} finished ({args.workflow}{' + evaluate' if args.evaluate else ''})")
+
+
+def _bundle(args: argparse.Namespace) -> None:
+    from medtransfer import bundling
+
+    if args.action == "list":
+        from medtransfer.report import markdown_table
+
+        rows = [[b.name, b.version, b.task] for b in bundling.list_bundles()]
+        print(markdown_table(["bundle", "version", "task"], rows))
+        print(f"\nstrategies: {', '.join(bundling.strategy_names())}  (medtransfer run NAME --strategy S)")
+    elif args.action == "path":
+        print(bundling.bundle_path(args.name))
+    else:
+        target = bundling.init_bundle(args.name, args.dir, force=args.force)
+        print(f"copied {args.name} to {target}; run it from anywhere with\n"
+              f"  python -m monai.bundle run --config_file {target / 'configs' / 'train.json'}\n"
+              f"  medtransfer run {target} [--strategy {target / 'configs' / 'strategies' / 'metalr.json'}]")  # fmt: skip
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, also for options given without a help text; defaults that mean
+    "off" or "not given" (None, False, an empty list) are not shown, since "(default: None)" tells nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if _silent_default(action.default):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and not _silent_default(action.default):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+def _silent_default(default: object) -> bool:
+    return default is None or default is False or default is argparse.SUPPRESS or default == []
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose sub-commands (``add_subparsers`` makes them of the same class) show defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _dpi(text: str) -> int:
+    from medtransfer.report import parse_dpi
+
+    try:
+        return parse_dpi(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _apply_plot_options(args: argparse.Namespace) -> None:
+    """--plot-format / --dpi through medtransfer.report.configure_plots, which keeps them in the environment: plots
+    written here and in the bundle runs a command starts (in-process or as child processes) follow them."""
+    if args.plot_format or args.dpi is not None:
+        from medtransfer.report import configure_plots
+
+        configure_plots(formats=args.plot_format, dpi=args.dpi)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medtransfer", description=__doc__.splitlines()[0])
+    parser = Parser(
+        prog="medtransfer",
+        description=__doc__.splitlines()[0],
+        epilog="Global options go before the sub-command: medtransfer --plot-format pdf --dpi 300 cv ...",
+    )
+    parser.add_argument(
+        "--plot-format", action="append", choices=PLOT_FORMATS, default=None,
+        help="format of every plot written, also by the bundle runs started (MEDTRANSFER_PLOT_FORMAT); repeat to "
+        "write several (default: png)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dpi", type=_dpi, default=None, metavar="N",
+        help="plot resolution in dots per inch: PNG pixel size, raster parts of PDF/SVG (MEDTRANSFER_PLOT_DPI; "
+        "default: 120)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("layers", help="print a model's layer groups (the unit of MetaLR, freezing and transferability)")
-    p.add_argument("--arch", default="resnet18")
-    p.add_argument("--num-classes", type=int, default=2)
-    p.add_argument("--granularity", default="block", choices=("block", "stage"))
+    p.add_argument(
+        "arch_name", nargs="?", default=None, metavar="ARCH",
+        help="a torchvision classifier (resnet18, resnet50, densenet121, vit_b_16, ...) or unet (MONAI's residual "
+        "U-Net); default: --arch",
+    )  # fmt: skip
+    p.add_argument("--arch", default="resnet18", help="the same as ARCH")
+    p.add_argument("--num-classes", type=int, default=2, help="classes of the head (unet: output channels)")
+    p.add_argument("--granularity", default="block", choices=("block", "stage"),
+                   help="block: a group per residual block or U-Net level; stage: a group per stage")  # fmt: skip
+    p.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3), help="unet only: a 2D or 3D network")
+    p.add_argument("--in-channels", type=int, default=1, help="unet only: input channels (1 for CT)")
     p.add_argument("--pretrained-ckpt", default=None, help="also check that this local checkpoint loads")
     p.set_defaults(func=_layers)
 
     p = sub.add_parser("demo-data", help="write a synthetic demo set in a task's real file layout")
-    p.add_argument("out_dir")
-    p.add_argument("--task", default="busi", choices=("busi", "kermany", "pocus", "lits"))
-    p.add_argument("--n-per-class", type=int, default=24, help="busi only")
-    p.add_argument("--image-size", type=int, default=128, help="busi only")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out_dir", help="folder to write the demo set to")
+    p.add_argument("--task", default="busi", choices=("busi", "kermany", "pocus", "lits"),
+                   help="whose file layout the demo set has")  # fmt: skip
+    p.add_argument("--n-per-class", type=int, default=24, help="images per class (busi only)")
+    p.add_argument("--image-size", type=int, default=128, help="image side in pixels (busi only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator: the same seed writes the same set")
     p.set_defaults(func=_demo_data)
 
     p = sub.add_parser("summarize", help="mean ± std of test metrics over runs (seeds or folds)")
-    p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--metrics-file", default="test_metrics.json")
-    p.add_argument("--keys", nargs="+", default=["accuracy", "auc", "macro_f1"])
+    p.add_argument("run_dirs", nargs="+", help="run folders, each holding the metrics file")
+    p.add_argument("--metrics-file", default="test_metrics.json",
+                   help="metrics file in each run, as the bundle's evaluate config writes it")  # fmt: skip
+    p.add_argument(
+        "--keys", nargs="+", default=None,
+        help="metrics to summarise; dotted paths reach nested ones (dice.liver). Default: accuracy auc macro_f1 "
+        "when every run has them, else every metric the runs share (segmentation: mean_dice, dice.<label>)",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="also save OUT.md and OUT.json")
     p.set_defaults(func=_summarize)
 
@@ -180,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/pocus_classification")
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--folds", type=int, default=5, help="number of test folds k")
     p.add_argument("--config", action="append", default=[], help="config fragment merged after train.json (repeat)")
     p.add_argument("--name", default=None, help="cross-validation folder name (default cv_<timestamp>)")
     p.add_argument("--runs-dir", default=None, help="parent folder (default runs/<bundle name>)")
@@ -191,11 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pocus-frames", help="decode POCUS clips into patient-grouped fold folders of PNG frames")
     p.add_argument("dataset_dir", help="folder holding pocus_videos/")
     p.add_argument("out_dir", help="new folder: <out>/fold<i>/<class>/<clip>_<frame>.png")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--probe", default="convex", choices=("convex", "linear", "all"))
-    p.add_argument("--fps", type=float, default=3.0)
-    p.add_argument("--max-frames", type=int, default=30)
+    p.add_argument("--folds", type=int, default=5, help="number of patient-grouped folds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the assignment of patients to folds")
+    p.add_argument("--probe", default="convex", choices=("convex", "linear", "all"), help="clips of which probe")
+    p.add_argument("--fps", type=float, default=3.0, help="frames taken per second of video")
+    p.add_argument("--max-frames", type=int, default=30, help="at most this many frames per clip")
     p.add_argument("--image-size", type=int, default=None, help="resize frames to this square size (default: keep)")
     p.set_defaults(func=_pocus_frames)
 
@@ -206,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
         q = steps.add_parser(
             step, help=text, allow_abbrev=False, epilog="Further --key value pairs are bundle overrides"
         )
-        q.add_argument("--dataset", required=True, help="cifar10, caltech101, ..., pocus, imagefolder, busi, medmnist")
+        q.add_argument(
+            "--dataset-format", "--dataset", dest="dataset_format", required=True,
+            help="cifar10, caltech101, ..., pocus, imagefolder, busi, medmnist (medtransfer.data.format_names())",
+        )  # fmt: skip
         q.add_argument("--root", required=True, help="the dataset's folder (or .npz file)")
         q.add_argument("--name", required=True, help="run name")
         q.add_argument("--arch", default="resnet18")
@@ -239,37 +358,57 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--out", default=None, help="save the partial-effects plot (PNG) here")
         q.set_defaults(func=_transfer)
 
+    p = sub.add_parser(
+        "run",
+        help="run a bundle (installed name or folder) with strategy fragments and --key value overrides",
+        description="Train (or evaluate, or infer with) a bundle. Further --key value pairs are bundle overrides, "
+        "read exactly as `python -m monai.bundle run` reads them (e.g. --epochs 5 --dataset_dir DIR), plus "
+        "monai.bundle's own options such as --tracking mlflow.",
+        allow_abbrev=False,
+    )
+    p.add_argument("bundle", help="installed bundle name (see `medtransfer bundle list`) or a bundle folder")
+    p.add_argument("--strategy", action="append", default=[], help="strategy fragment name or .json file (repeat)")
+    p.add_argument("--workflow", default="train", choices=("train", "evaluate", "inference"),
+                   help="evaluate/inference use a finished run (--run_name, default: the newest)")  # fmt: skip
+    p.add_argument("--evaluate", action="store_true", help="after training, evaluate the run on the test split")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("bundle", help="the bundles that ship with medtransfer: list, path, init")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("list", help="name, version and task of every bundle, and the strategy fragments")
+    q.set_defaults(func=_bundle)
+    q = actions.add_parser("path", help="the folder of an installed bundle")
+    q.add_argument("name")
+    q.set_defaults(func=_bundle)
+    q = actions.add_parser("init", help="copy a bundle into DIR as a self-contained MONAI bundle to adapt")
+    q.add_argument("name")
+    q.add_argument("dir")
+    q.add_argument("--force", action="store_true", help="write into a non-empty DIR")
+    q.set_defaults(func=_bundle)
+
     p = sub.add_parser("data-root", help="where the real data is looked for")
     p.set_defaults(func=_data_root)
     return parser
 
 
-def _user_error(exc: BaseException):
-    """The MedTransferError behind an exception, if any: bundle runs wrap errors raised inside their config
-    expressions in RuntimeError("Failed to evaluate ..."), which would bury the message that names the file and
-    the fix under a long traceback."""
-    from medtransfer.errors import MedTransferError
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, MedTransferError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "cv" or getattr(args, "step", None) in ("pretrain", "finetune"):
+    _apply_plot_options(args)
+    if args.command in ("cv", "run") or getattr(args, "step", None) in ("pretrain", "finetune"):
         args.overrides = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from medtransfer.launch import project_error, report_error
+
     try:
         args.func(args)
     except Exception as exc:
-        err = _user_error(exc)
+        if args.command == "run":
+            report_error(exc, show_traceback=args.traceback, stream=sys.stderr)
+            return 2
+        err = project_error(exc)
         if err is None:
             raise
         print(f"error: {err}", file=sys.stderr)

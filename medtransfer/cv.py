@@ -10,11 +10,13 @@ evaluated folds are kept, a fold that was training resumes from its last epoch c
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
+import importlib
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,44 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key] = value
     return out
+
+
+class OncePerMessage(logging.Filter):
+    """Lets each distinct (level, message) through once. Every fold is one or two bundle workflows, and MONAI's
+    workflow repeats its start-up warnings for each (``Logging file is set to False``, ``Not all config files are in
+    ...`` when a strategy fragment lives outside the bundle): said once, they stay readable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+# the loggers whose per-workflow start-up messages repeat identically for every fold
+REPEATING_LOGGERS = ("monai.bundle.workflows",)
+
+
+@contextlib.contextmanager
+def once_per_message(names: Sequence[str] = REPEATING_LOGGERS) -> Iterator[OncePerMessage]:
+    """While the block runs, each distinct message of the loggers ``names`` is logged once."""
+    once = OncePerMessage()
+    for name in names:
+        # import the module first: MONAI's get_logger() adds its stdout handler only to a logger not yet created
+        importlib.import_module(name)
+    loggers = [logging.getLogger(n) for n in names]
+    for lg in loggers:
+        lg.addFilter(once)
+    try:
+        yield once
+    finally:
+        for lg in loggers:
+            lg.removeFilter(once)
 
 
 def _training_finished(fold_dir: Path) -> bool:
@@ -111,23 +151,31 @@ def run_cross_validation(
             )
     cv_dir.mkdir(parents=True, exist_ok=True)
     save_json(record, recorded)
-    for fold in only_folds if only_folds is not None else range(folds):
-        if not 0 <= fold < folds:
-            raise ValueError(f"fold {fold} is outside 0..{folds - 1}")
-        fold_dir = cv_dir / f"fold{fold}"
-        if (fold_dir / f"{LEVELS['frame']}_metrics.json").is_file():
-            logger.info(f"fold {fold + 1}/{folds}: already evaluated, kept")
-            continue
-        run = {**settings, "fold": fold, "runs_dir": str(cv_dir), "run_name": f"fold{fold}"}
-        if not fold_dir.exists():
-            logger.info(f"fold {fold + 1}/{folds}: training -> {fold_dir}")
-            run_bundle_workflow([configs / "train.json", *extra], run)
-        elif not _training_finished(fold_dir):
-            logger.info(f"fold {fold + 1}/{folds}: resuming training from epoch {checkpoint_epoch(fold_dir)}")
-            run_bundle_workflow([configs / "train.json", *extra], {**run, "resume": True})
-        logger.info(f"fold {fold + 1}/{folds}: evaluating on the held-out test fold")
-        run_bundle_workflow([configs / "train.json", *extra, configs / "evaluate.json"], run)
+    with once_per_message():
+        for fold in only_folds if only_folds is not None else range(folds):
+            _run_fold(fold, folds, cv_dir, [configs / "train.json", *extra], configs / "evaluate.json", settings)
     return summarize_cross_validation(cv_dir)
+
+
+def _run_fold(
+    fold: int, folds: int, cv_dir: Path, train_configs: list[Path], evaluate_config: Path, settings: Mapping[str, Any]
+) -> None:
+    """Train (or resume) fold ``fold`` unless it finished, then evaluate it on its held-out test fold."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} is outside 0..{folds - 1}")
+    fold_dir = cv_dir / f"fold{fold}"
+    if (fold_dir / f"{LEVELS['frame']}_metrics.json").is_file():
+        logger.info(f"fold {fold + 1}/{folds}: already evaluated, kept")
+        return
+    run = {**settings, "fold": fold, "runs_dir": str(cv_dir), "run_name": f"fold{fold}"}
+    if not fold_dir.exists():
+        logger.info(f"fold {fold + 1}/{folds}: training -> {fold_dir}")
+        run_bundle_workflow(train_configs, run)
+    elif not _training_finished(fold_dir):
+        logger.info(f"fold {fold + 1}/{folds}: resuming training from epoch {checkpoint_epoch(fold_dir)}")
+        run_bundle_workflow(train_configs, {**run, "resume": True})
+    logger.info(f"fold {fold + 1}/{folds}: evaluating on the held-out test fold")
+    run_bundle_workflow([*train_configs, evaluate_config], run)
 
 
 def _read_predictions(path: Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

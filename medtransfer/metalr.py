@@ -331,3 +331,18 @@ class CyclingBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.drawn = int(state["drawn"])
+
+
+class MetaLRState:
+    """What a checkpoint needs for an exact MetaLR resume: the LRs, counters and history, and the position in the
+    validation batches (``{"metalr": ..., "val_batches": ...}``)."""
+
+    def __init__(self, metalr: MetaLR, val_batches: CyclingBatches) -> None:
+        self.metalr, self.val_batches = metalr, val_batches
+
+    def state_dict(self) -> dict:
+        return {"metalr": self.metalr.state_dict(), "val_batches": self.val_batches.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.metalr.load_state_dict(state["metalr"])
+        self.val_batches.load_state_dict(state["val_batches"])

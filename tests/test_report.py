@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -11,15 +12,33 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medtransfer.errors import MedTransferError
 from medtransfer.report import (
+    DPI_ENV,
+    FORMAT_ENV,
+    MetricsError,
     MissingMetricsError,
+    configure_plots,
     format_summary,
     markdown_table,
+    metric_label,
+    metric_values,
     plot_confusion_matrix,
     plot_history,
+    plot_lr_curves,
+    plot_settings,
     save_json,
+    series_styles,
     summarize_runs,
 )
+
+
+@pytest.fixture(autouse=True)
+def default_plot_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from the default plot settings, and what configure_plots puts in the environment is undone
+    (an empty variable means "not set"; monkeypatch removes it afterwards)."""
+    monkeypatch.setenv(FORMAT_ENV, "")
+    monkeypatch.setenv(DPI_ENV, "")
 
 
 def assert_valid_png(path: Path) -> tuple[int, int]:
@@ -96,6 +115,73 @@ def test_plot_history_empty_raises(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="empty"):
         plot_history([], tmp_path / "h.png")
     assert not (tmp_path / "h.png").exists()
+
+
+def test_pdf_and_svg_plots_are_real_pdf_and_svg_files(tmp_path: Path) -> None:
+    configure_plots(formats="pdf")
+    out = plot_confusion_matrix([[3, 1], [0, 2]], ["a", "b"], tmp_path / "cm.png")
+    assert out == tmp_path / "cm.pdf" and out.read_bytes().startswith(b"%PDF-")
+    assert not (tmp_path / "cm.png").exists()  # instead of the PNG, not beside it
+    configure_plots(formats=["svg", "png"])  # several formats: one file each, the first is returned
+    out = plot_history([{"epoch": 1, "train_loss": 0.5}], tmp_path / "history.png")
+    assert out == tmp_path / "history.svg"
+    head = out.read_text()[:400]
+    assert head.startswith("<?xml") and "<svg" in head
+    assert_valid_png(tmp_path / "history.png")
+    assert plot_settings().formats == ("svg", "png")
+    with pytest.raises(ValueError, match="not supported"):
+        configure_plots(formats="jpg")
+
+
+def test_explicit_suffix_is_kept_when_no_format_is_configured(tmp_path: Path) -> None:
+    assert plot_settings().formats is None
+    out = plot_confusion_matrix([[1, 0], [0, 1]], ["a", "b"], tmp_path / "cm.svg")
+    assert out == tmp_path / "cm.svg" and "<svg" in out.read_text()[:400]
+
+
+def test_dpi_changes_the_png_pixel_size(tmp_path: Path) -> None:
+    history = [{"epoch": 1, "train_loss": 0.9, "val_auc": 0.6}, {"epoch": 2, "train_loss": 0.7, "val_auc": 0.7}]
+    configure_plots(dpi=60)
+    small = assert_valid_png(plot_history(history, tmp_path / "small.png"))
+    configure_plots(dpi=240)
+    large = assert_valid_png(plot_history(history, tmp_path / "large.png"))
+    assert large[0] == pytest.approx(4 * small[0], rel=0.05) and large[1] == pytest.approx(4 * small[1], rel=0.05)
+
+
+def test_plot_settings_come_from_the_environment_that_child_processes_inherit(monkeypatch, tmp_path) -> None:
+    configure_plots(formats="pdf", dpi=300)
+    assert (os.environ[FORMAT_ENV], os.environ[DPI_ENV]) == ("pdf", "300")
+    monkeypatch.setenv(FORMAT_ENV, "svg")  # as a bundle run started by `medtransfer --plot-format svg` sees it
+    assert plot_settings().formats == ("svg",) and plot_settings().dpi == 300
+    monkeypatch.setenv(DPI_ENV, "lots")
+    with pytest.raises(MedTransferError, match=DPI_ENV):
+        plot_settings()
+
+
+def test_lr_curve_legend_uses_group_labels_and_marks_equal_curves(tmp_path: Path) -> None:
+    configure_plots(formats="svg")  # SVG keeps text as text, so the legend can be read back
+    lrs = [[1e-3, 1e-3, 1e-4], [1e-3, 1e-3, 2e-4], [1e-3, 1e-3, 3e-4]]
+    out = plot_lr_curves(lrs, ["Conv 1", "Block 1-1", "FC"], tmp_path / "lr_curves.png")
+    svg = out.read_text()
+    assert ">Conv 1<" in svg and ">FC<" in svg
+    assert "Block 1-1 (same as Conv 1)" in svg  # drawn on top of Conv 1, so the legend says so
+    assert "learning rate (log scale)" in svg and ">iteration" in svg
+    with pytest.raises(ValueError, match="3 groups"):
+        plot_lr_curves([[1.0, 2.0]], ["a", "b", "c"], tmp_path / "x.png")
+
+
+def test_series_styles_tell_every_series_apart() -> None:
+    styles = series_styles([[1, 2], [1, 2], [2, 3], [1, float("nan")]], ["a", "b", "c", "d"])
+    assert [label for label, _ in styles] == ["a", "b (same as a)", "c", "d"]
+    assert len({(st["linestyle"], st["marker"]) for _, st in styles}) == 4
+
+
+def test_metric_labels_are_readable() -> None:
+    assert metric_label("val_macro_f1") == "macro-F1"
+    assert metric_label("val_auc") == "AUC"
+    assert metric_label("val_dice_liver") == "Dice (liver)"
+    assert metric_label("val_mean_dice") == "mean Dice"
+    assert metric_label("train_loss") == "training loss"
 
 
 # ---------------------------------------------------------------- markdown_table
@@ -189,3 +275,45 @@ def test_summarize_runs_missing_key(tmp_path: Path) -> None:
     (d / "test_metrics.json").write_text(json.dumps({"accuracy": 0.5}))
     with pytest.raises(ValueError, match="lacks metric"):
         summarize_runs([d])
+
+
+def segmentation_run(tmp_path: Path, name: str, liver: float, seed: int = 0) -> Path:
+    """A run folder whose test_metrics.json is laid out as the LiTS bundle's evaluation writes it (also used by
+    test_cli)."""
+    d = tmp_path / name
+    d.mkdir()
+    metrics = {
+        "n_cases": 1,
+        "mean_dice": liver / 2,
+        "dice": {"liver": {"mean": liver, "std": 0.0, "n_cases": 1}, "tumour": {"mean": 0.0, "std": 0.0, "n_cases": 1}},
+        "cases": {"volume-1": {"liver": liver, "tumour": 0.0}},
+        "split_seed": 0,
+        "seed": seed,
+        "split": "test",
+    }
+    (d / "test_metrics.json").write_text(json.dumps(metrics))
+    return d
+
+
+def test_summarize_runs_picks_the_metrics_a_segmentation_run_has(tmp_path: Path) -> None:
+    dirs = [segmentation_run(tmp_path, f"s{i}", liver, i) for i, liver in enumerate([0.6, 0.8])]
+    assert metric_values(json.loads((dirs[0] / "test_metrics.json").read_text())) == {
+        "mean_dice": 0.3,
+        "dice.liver": 0.6,
+        "dice.tumour": 0.0,
+    }
+    summary = summarize_runs(dirs, keys=None)
+    assert list(summary["mean"]) == ["mean_dice", "dice.liver", "dice.tumour"]
+    assert summary["mean"]["dice.liver"] == pytest.approx(0.7)
+    assert format_summary(summary).splitlines()[0] == "| run | seed | mean_dice | dice.liver | dice.tumour |"
+    assert summarize_runs(dirs, keys=["dice.liver.mean"])["mean"] == {"dice.liver.mean": pytest.approx(0.7)}
+    with pytest.raises(MetricsError, match="lacks metric 'accuracy'; available: dice.liver, dice.tumour, mean_dice"):
+        summarize_runs(dirs)  # the classification default, asked for explicitly
+
+
+def test_summarize_runs_without_shared_metrics_says_so(tmp_path: Path) -> None:
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "test_metrics.json").write_text(json.dumps({"split": "test", "seed": 1}))
+    with pytest.raises(MetricsError, match="share no numeric metric"):
+        summarize_runs([d], keys=None)

@@ -13,7 +13,7 @@ from medtransfer.runs import run_bundle_workflow
 # the ids configs/strategies/README.md promises a fragment can read
 CONTRACT = ("network", "layer_groups", "optimizer", "lr", "epochs", "batch_size", "seed", "device", "amp",
             "output_dir", "meta_dataset", "train#trainer", "train#handlers", "checkpoint_objects", "run_settings",
-            "lr_recorder", "lr_scheduler", "strategy")  # fmt: skip
+            "lr_scheduler", "strategy")  # fmt: skip
 # the ids a fragment may set at the top level, besides its own name-prefixed ones
 MAY_SET = {"strategy", "lr_scheduler", "+imports", "+train#handlers", "+checkpoint_objects", "+run_settings"}
 # small, fast runs of each bundle: one iteration of training and of validation
@@ -33,7 +33,22 @@ def test_bundle_provides_the_fragment_contract(bundle):
     parser.read_config(bundle_path(bundle) / "configs" / "train.json")
     missing = [i for i in CONTRACT if i not in parser]
     assert not missing, f"{bundle} lacks {missing} (configs/strategies/README.md)"
-    assert "@lr_recorder" in parser["train#handlers"] and parser["checkpoint_objects"]["lr_recorder"] == "@lr_recorder"
+    targets = [h["_target_"] for h in parser["train#handlers"]]  # inline dicts: MONAI's property check reads them
+    assert "medtransfer.handlers.LRRecorder" in targets
+
+
+@pytest.mark.parametrize("fragment", strategy_names())
+@pytest.mark.parametrize("bundle", bundle_names())
+def test_merged_config_keeps_monai_bundle_properties(bundle, fragment, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    configs = bundle_path(bundle) / "configs"
+    files = [str(configs / "train.json"), str(strategy_path(fragment))]
+    workflow = ConfigWorkflow(
+        config_file=files, meta_file=str(configs / "metadata.json"), workflow_type="train", runs_dir=str(tmp_path)
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
 
 
 @pytest.mark.parametrize("fragment", strategy_names())

@@ -8,6 +8,7 @@ LRs yet. So AMP, events, metrics and every other handler run as in plain trainin
 from __future__ import annotations
 
 import contextlib
+import csv
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,8 +33,9 @@ class MetaLRHandler:
     as :class:`medtransfer.metalr.CyclingBatches`) and calls :func:`medtransfer.metalr.metalr_step`; the trainer's
     own optimizer step then runs with the new LRs. With AMP the gradients are unscaled first (the scaler's step knows
     and will not unscale twice), the validation forward runs under the trainer's autocast, and a step the scaler will
-    skip (non-finite gradients) gets no meta update either. Put it in ``checkpoint_objects``: its state is MetaLR's
-    plus the position in `val_batches`, so a resumed run draws the same batches.
+    skip (non-finite gradients) gets no meta update either. Its state is MetaLR's plus the position in
+    `val_batches` (:class:`medtransfer.metalr.MetaLRState`, which bundles put in ``checkpoint_objects`` so the handler
+    itself can stay inline in the handler list), so a resumed run draws the same batches.
     """
 
     def __init__(self, metalr: metalr_lib.MetaLR, val_batches: metalr_lib.CyclingBatches) -> None:
@@ -84,20 +86,20 @@ class MetaLRHandler:
 
     def state_dict(self) -> dict:
         """MetaLR's LRs and history plus the position in the validation batches, for exact resume."""
-        return {"metalr": self.metalr.state_dict(), "val_batches": self.val_batches.state_dict()}
+        return metalr_lib.MetaLRState(self.metalr, self.val_batches).state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.metalr.load_state_dict(state["metalr"])
-        self.val_batches.load_state_dict(state["val_batches"])
+        metalr_lib.MetaLRState(self.metalr, self.val_batches).load_state_dict(state)
 
 
 class LRRecorder:
     """Every layer group's LR at every iteration: TensorBoard scalars, ``lr_history.csv`` and ``lr_curves.png``.
 
     It reads the optimizer's parameter groups after each step, so it records plain schedules and MetaLR's learned
-    LRs alike (MetaLR writes its LRs into the same groups). Its history is part of the checkpoint
-    (``state_dict``), so after a resume the files still cover the whole run; they are rewritten atomically at each
-    epoch end.
+    LRs alike (MetaLR writes its LRs into the same groups). On resume it reads back the rows of the iterations already
+    trained from ``lr_history.csv`` (as TrainingHistory does with ``history.json``), so the files cover the whole run
+    and it needs no place in the checkpoint (nor a reference in the handler list, which MONAI's property check
+    cannot read); they are rewritten atomically at each epoch end.
     """
 
     def __init__(self, output_dir: str, optimizer: torch.optim.Optimizer, groups: Sequence, tensorboard: bool = True):
@@ -112,9 +114,17 @@ class LRRecorder:
         self._writer = None
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._restore)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         engine.add_event_handler(Events.COMPLETED, self._close)
+
+    def _restore(self, engine: Engine) -> None:
+        path = self.output_dir / "lr_history.csv"
+        if engine.state.iteration > 0 and path.is_file():
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))[1:]
+            self.history = [[float(v) for v in row[1:]] for row in rows if int(row[0]) <= engine.state.iteration]
 
     def _record(self, engine: Engine) -> None:
         lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
@@ -137,12 +147,6 @@ class LRRecorder:
         )
         if self.history:
             plot_lr_curves(self.history, [g.label for g in self.groups], self.output_dir / "lr_curves.png")
-
-    def state_dict(self) -> dict:
-        return {"history": torch.tensor(self.history, dtype=torch.float64)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.history = [list(map(float, row)) for row in torch.as_tensor(state["history"]).tolist()]
 
     def _close(self, engine: Engine) -> None:
         if self._writer is not None:

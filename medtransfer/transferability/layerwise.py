@@ -41,8 +41,8 @@ from torch import nn
 from medtransfer.atomic import write_csv_atomic
 from medtransfer.errors import CheckpointError
 from medtransfer.layers import LayerGroup, layer_groups
-from medtransfer.models import build_classifier, read_state_dict
-from medtransfer.report import _save_figure, markdown_table, save_json
+from medtransfer.models import build_classifier, read_state_dict, strip_wrapper_prefix
+from medtransfer.report import legend, markdown_table, save_figure, save_json, series_styles
 
 MODES = ("paper", "full")
 SHORTCUT_NAMES = ("downsample", "shortcut", "residual")
@@ -51,7 +51,6 @@ SHORTCUT_NAMES = ("downsample", "shortcut", "residual")
 ROW_HEADERS = ("index", "name", "label", "t", "d_init_ft", "d_pre_ft", "n_tensors", "numel", "is_head", "note")
 
 _MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile, as in medtransfer.layers
 _UNCHANGED = (
     "unchanged by fine-tuning (distance from the fine-tuning start is 0, e.g. a frozen layer): "
     "T undefined, left out of the overall"
@@ -186,16 +185,6 @@ def counted_tensors(
 # --------------------------------------------------------------------------------------------------
 
 
-def _strip_wrapper(state: StateDict, wanted: set[str]) -> StateDict:
-    """Drop a DataParallel/torch.compile key prefix when the state dict was saved from a wrapped model."""
-    if any(k in wanted for k in state):
-        return state
-    for prefix in _WRAPPER_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            return {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
 def _check_keys(state: StateDict, source: str, params: dict[str, torch.Tensor], known: set[str]) -> None:
     missing = [k for k in params if k not in state]
     if missing:
@@ -301,7 +290,7 @@ def layerwise_transferability(
     if finetune_init is not None:
         states["finetune_init"] = finetune_init
     for role in list(states):
-        states[role] = _strip_wrapper(states[role], set(params))
+        states[role] = strip_wrapper_prefix(states[role], known)[0]
         _check_keys(states[role], names[role], params, known)
     r, a, fb = states["init"], states["pretrained"], states["finetuned"]
     b0 = states.get("finetune_init")
@@ -372,7 +361,7 @@ def _classifier_for(arch: str, finetuned: StateDict, path: str | Path) -> nn.Mod
     model = build_classifier(arch, num_classes=2)
     head = layer_groups(model)[-1]
     name = [n for n in head.param_names if _is_weight_tensor(model, n)][-1]  # fc / classifier / heads.head weight
-    state = _strip_wrapper(finetuned, {n for n, _ in model.named_parameters()})
+    state, _ = strip_wrapper_prefix(finetuned, model.state_dict())
     if name not in state:
         raise CheckpointError(
             f"{path} has no {name!r}, the classifier weight of {arch}: it is not a {arch} state dict, check --arch"
@@ -413,16 +402,36 @@ def measure_files(
     )
 
 
-def _draw_curve(ax: Any, result: TransferabilityResult, label: str, color: Any, show_overall: bool) -> None:
+T_AXIS_LABEL = "T = D(θr, θFB) / D(θA, θFB)  (ratio, no unit)"
+LAYER_AXIS_LABEL = "layer group (input → output)"
+
+
+def _t_values(result: TransferabilityResult) -> np.ndarray:
+    return np.array([la.t for la in result.layers], dtype=float)
+
+
+def _draw_curve(
+    ax: Any, result: TransferabilityResult, label: str, color: Any, show_overall: bool, style: Mapping | None = None
+) -> None:
     x = np.arange(len(result.layers))
-    t = np.array([la.t for la in result.layers], dtype=float)
+    t = _t_values(result)
     body = np.array([not la.is_head for la in result.layers])
-    ax.plot(x[body], t[body], marker="o", color=color, linewidth=1.5, label=label)
+    style = {"marker": "o", **(style or {}), "markevery": None}
+    ax.plot(x[body], t[body], color=color, linewidth=1.5, label=label, **style)
     head = ~body
     if head.any():
         ax.plot(x[head], t[head], marker="s", linestyle="none", markerfacecolor="none", color=color, markersize=8)
     if show_overall and math.isfinite(result.overall):
-        ax.axhline(result.overall, color=color, linestyle="--", linewidth=1, label=f"overall {result.overall:.2f}")
+        ax.axhline(result.overall, color=color, linestyle="--", linewidth=1, label=f"overall T {result.overall:.2f}")
+
+
+def _layer_axes(ax: Any, result: TransferabilityResult, title: str) -> None:
+    labels = [f"{la.label} (head)" if la.is_head else la.label for la in result.layers]
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_xlabel(LAYER_AXIS_LABEL)
+    ax.set_ylabel(T_AXIS_LABEL)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
 
 
 def save_transferability(result: TransferabilityResult, out_dir: str | Path) -> dict[str, Path]:
@@ -440,19 +449,20 @@ def save_transferability(result: TransferabilityResult, out_dir: str | Path) -> 
     }
     fig = Figure(figsize=(max(6.0, 0.45 * len(result.layers) + 2), 4.2))
     ax = fig.subplots()
-    _draw_curve(ax, result, "T per layer", "tab:blue", show_overall=True)
-    labels = [f"{la.label} (head)" if la.is_head else la.label for la in result.layers]
-    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("T = D(θr, θFB) / D(θA, θFB)")
-    ax.set_title(f"Layer-wise transferability ({result.mode} mode; head hollow, not in the overall)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    paths["png"] = _save_figure(fig, out_dir / "transferability.png")
+    _draw_curve(ax, result, "T per layer group", "tab:blue", show_overall=True)
+    _layer_axes(ax, result, f"Layer-wise transferability ({result.mode} mode; head hollow, not in the overall)")
+    legend(ax, 2)
+    plot = save_figure(fig, out_dir / "transferability.png")  # or .pdf/.svg: medtransfer.report.configure_plots
+    paths[plot.suffix[1:]] = plot
     return paths
 
 
 def plot_transferability_curves(results: Mapping[str, TransferabilityResult], path: str | Path) -> Path:
-    """Several targets' T curves on one figure (same architecture), overall scores in the legend."""
+    """Several targets' T curves on one figure (same architecture), overall scores in the legend.
+
+    Each target has its own colour, line style and marker; a target whose curve equals an earlier one's is labelled
+    "(same as ...)" rather than hidden under it. More than four targets put the legend outside the axes.
+    """
     if not results:
         raise ValueError("plot_transferability_curves needs at least one result")
     items = list(results.items())
@@ -466,14 +476,13 @@ def plot_transferability_curves(results: Mapping[str, TransferabilityResult], pa
     fig = Figure(figsize=(max(6.0, 0.45 * len(names) + 2), 4.2))
     ax = fig.subplots()
     colours = [f"C{i % 10}" for i in range(len(items))]
-    for (key, res), colour in zip(items, colours, strict=True):
-        _draw_curve(ax, res, f"{key} (overall {res.overall:.2f})", colour, show_overall=False)
-    ax.set_xticks(range(len(names)), [la.label for la in items[0][1].layers], rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("T = D(θr, θFB) / D(θA, θFB)")
-    ax.set_title(f"Layer-wise transferability ({items[0][1].mode} mode; head hollow)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save_figure(fig, path)
+    labels = [f"{key} (overall T {res.overall:.2f})" for key, res in items]
+    styles = series_styles([_t_values(res) for _, res in items], labels, names=[key for key, _ in items])
+    for (_, res), colour, (label, style) in zip(items, colours, styles, strict=True):
+        _draw_curve(ax, res, label, colour, show_overall=False, style=style)
+    _layer_axes(ax, items[0][1], f"Layer-wise transferability ({items[0][1].mode} mode; head hollow)")
+    legend(ax, len(items))
+    return save_figure(fig, path)
 
 
 def format_transferability(result: TransferabilityResult) -> str:

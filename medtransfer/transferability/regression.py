@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from medtransfer.report import _save_figure, markdown_table
+from medtransfer.report import markdown_table, save_figure
 
 __all__ = ["MIN_ROWS", "PREDICTORS", "fit_transferability_regression", "format_regression", "plot_partial_effects"]
 
@@ -147,16 +147,17 @@ def plot_partial_effects(fit: Mapping, rows: Sequence[Mapping], path: Path | str
         lo, hi = float(z[:, j].min()), float(z[:, j].max())
         pad = 0.1 * (hi - lo) if hi > lo else 0.5
         line = np.linspace(lo - pad, hi + pad, 50)
-        ax.plot(line, coef["d"] + coef[letter] * line, color="tab:red", label=f"{letter} = {coef[letter]:+.3f}")
-        ax.set_xlabel(f"z({key}) — {label}")
-        ax.set_ylabel("log T − other predictors" if j == 0 else "")
+        fitted = f"fitted slope {letter} = {coef[letter]:+.3f}"
+        ax.plot(line, coef["d"] + coef[letter] * line, color="tab:red", label=fitted)
+        ax.set_xlabel(f"z({key}): {label} (standard deviations from the mean)")
+        ax.set_ylabel("partial residual of log T (natural log)" if j == 0 else "")
         ax.set_title(f"partial effect of {key}")
         ax.legend(loc="best", fontsize=8)
         ax.grid(alpha=0.3)
     r2 = fit.get("r2", float("nan"))
     fig.suptitle(f"log T = a·zG + b·zD + c·z(log N) + d   (n = {fit.get('n', len(names))}, R² = {r2:.3f})")
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def format_regression(fit: Mapping) -> str:
