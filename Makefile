@@ -30,6 +30,10 @@ test: install
 	$(VENV)/bin/ruff check medtransfer tests benchmarks
 	$(PY) -m pytest
 
+# the classification bundles' configs are composed from medtransfer/configs/parts/: edit a part, then run this
+bundles: install
+	$(VENV)/bin/medtransfer bundle compose
+
 lint: install
 	$(VENV)/bin/ruff check medtransfer tests benchmarks
 	$(VENV)/bin/ruff format --check medtransfer tests benchmarks

@@ -184,11 +184,10 @@ def composed_configs() -> dict[Path, str]:
     for bundle, parts in recipes.items():
         names = sorted({p.name for part in parts for p in (parts_dir() / part).glob("*.json")})
         for name in names:
-            config: dict = {}
-            for part in parts:
-                path = parts_dir() / part / name
-                if path.is_file():
-                    config = merge_config(config, json.loads(path.read_text()), insert_before="network_def")
+            layers = [json.loads(p.read_text()) for part in parts if (p := parts_dir() / part / name).is_file()]
+            config = layers[0]  # the first part is the base; the others merge onto it
+            for layer in layers[1:]:
+                config = merge_config(config, layer, insert_before="network_def")
             files[bundles_dir() / bundle / "configs" / name] = json.dumps(config, indent=4, ensure_ascii=False) + "\n"
     return files
 

@@ -182,6 +182,12 @@ def _bundle(args: argparse.Namespace) -> None:
         print(f"\nstrategies: {', '.join(bundling.strategy_names())}  (medtransfer run NAME --strategy S)")
     elif args.action == "path":
         print(bundling.bundle_path(args.name))
+    elif args.action == "compose":
+        stale = bundling.compose_bundles(check=args.check)
+        verb = "out of date" if args.check else "rewritten"
+        print("\n".join(f"{verb}: {p}" for p in stale) or "every composed bundle config is up to date")
+        if args.check and stale:
+            raise SystemExit("run `medtransfer bundle compose` (or `make bundles`) and commit the result")
     else:
         target = bundling.init_bundle(args.name, args.dir, force=args.force)
         print(f"copied {args.name} to {target}; run it from anywhere with\n"
@@ -385,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name")
     q.add_argument("dir")
     q.add_argument("--force", action="store_true", help="write into a non-empty DIR")
+    q.set_defaults(func=_bundle)
+    q = actions.add_parser("compose", help="(development) rewrite the bundles' configs from configs/parts/")
+    q.add_argument("--check", action="store_true", help="only list the configs that are out of date")
     q.set_defaults(func=_bundle)
 
     p = sub.add_parser("data-root", help="where the real data is looked for")

@@ -122,3 +122,35 @@ def test_tracking_mlflow_logs_metrics_params_and_group_lrs(tmp_path, demo_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics, _ = _mlflow_metrics(tmp_path / "runs" / "m2" / "mlruns.db")
     assert {"train_loss", "val_auc"} <= metrics
+
+
+def test_composed_bundle_configs_are_up_to_date_with_their_parts():
+    from medtransfer.bundling import compose_bundles
+
+    assert compose_bundles(check=True) == [], "run `make bundles` (medtransfer bundle compose) and commit the result"
+
+
+def test_merge_config_follows_monai_merge_rules():
+    from medtransfer.bundling import merge_config
+
+    base = {"a": 1, "network_def": {}, "h": [1], "d": {"x": 1}, "train": {"datalist": "old", "n": 2}}
+    part = {"a": 2, "new": 3, "+h": [2], "+d": {"y": 2}, "train#datalist": "new"}
+    merged = merge_config(base, part, insert_before="network_def")
+    assert merged == {"a": 2, "new": 3, "network_def": {}, "h": [1, 2], "d": {"x": 1, "y": 2},
+                      "train": {"datalist": "new", "n": 2}}  # fmt: skip
+    assert list(merged) == ["a", "new", "network_def", "h", "d", "train"]
+    assert base["h"] == [1] and base["train"]["datalist"] == "old", "the base is not modified"
+
+
+def test_a_fix_in_the_shared_part_reaches_every_classification_bundle(tmp_path, monkeypatch):
+    import medtransfer.bundling as bundling
+
+    parts = tmp_path / "parts"
+    __import__("shutil").copytree(bundling.parts_dir(), parts)
+    shared = json.loads((parts / "classification" / "train.json").read_text())
+    shared["keep_checkpoints"] = 3
+    (parts / "classification" / "train.json").write_text(json.dumps(shared))
+    monkeypatch.setattr(bundling, "parts_dir", lambda: parts)
+    composed = {p.parent.parent.name: json.loads(t) for p, t in bundling.composed_configs().items() if p.name == "train.json"}
+    recipes = json.loads((parts / "recipes.json").read_text())
+    assert set(composed) == set(recipes) and all(c["keep_checkpoints"] == 3 for c in composed.values())
