@@ -71,7 +71,8 @@ def _summarize(args: argparse.Namespace) -> None:
 def _cv(args: argparse.Namespace) -> None:
     import logging
 
-    from medtransfer.cv import parse_overrides, run_cross_validation
+    from medtransfer.cv import run_cross_validation
+    from medtransfer.launch import parse_overrides
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     run_cross_validation(
@@ -100,7 +101,7 @@ def _transfer(args: argparse.Namespace) -> None:
     import json
     import logging
 
-    from medtransfer.cv import parse_overrides
+    from medtransfer.launch import parse_overrides
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.step in ("pretrain", "finetune"):

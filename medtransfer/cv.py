@@ -9,7 +9,6 @@ evaluated folds are kept, a fold that was training resumes from its last epoch c
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import csv
 import importlib
@@ -24,6 +23,7 @@ import numpy as np
 
 from medtransfer.atomic import write_text_atomic
 from medtransfer.errors import RunDirectoryError
+from medtransfer.launch import parse_overrides  # noqa: F401  (re-exported: cv's override reader)
 from medtransfer.metrics import classification_report, confusion_report, mean_std
 from medtransfer.report import markdown_table, plot_confusion_matrix, save_json
 from medtransfer.runs import checkpoint_epoch, run_bundle_workflow, timestamp
@@ -33,29 +33,6 @@ logger = logging.getLogger(__name__)
 FOLD_METRICS = ("accuracy", "auc", "macro_f1")
 # level -> the prefix of the ClassificationReport files (``<prefix>_metrics.json``, ``<prefix>_predictions.csv``)
 LEVELS = {"frame": "test", "clip": "test_clip"}
-
-
-def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
-    """``["--epochs", "20", "--lr=1e-3", "--classes", "['a','b']"]`` -> ``{"epochs": 20, "lr": 0.001, ...}``.
-
-    Values are Python literals when they parse as one, else strings, like ``python -m monai.bundle run``.
-    """
-    out: dict[str, Any] = {}
-    it = iter(tokens)
-    for token in it:
-        if not token.startswith("--"):
-            raise ValueError(f"expected --key value, got {token!r}")
-        key, sep, value = token[2:].partition("=")
-        if not sep:
-            try:
-                value = next(it)
-            except StopIteration:
-                raise ValueError(f"--{key} needs a value") from None
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 class OncePerMessage(logging.Filter):

@@ -31,17 +31,22 @@ _RUN_ARGUMENTS = ("run_id", "init_id", "final_id", "meta_file", "logging_file", 
 
 
 def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
-    """``--key value`` tokens as ``python -m monai.bundle run`` parses them (python-fire: literals, ``--flag``,
-    ``--key=value``)."""
+    """``--key value`` tokens as ``python -m monai.bundle run`` parses them (python-fire: Python literals, else
+    strings; ``--key=value``), the one override parser of ``medtransfer run``, ``cv`` and ``transfer``. One
+    difference, on purpose: a ``--key`` without a value is an error, not ``True``."""
     import fire
 
     def collect(**kwargs: Any) -> dict[str, Any]:
         return kwargs
 
     tokens = list(tokens)
-    stray = [t for i, t in enumerate(tokens) if not t.startswith("--") and (i == 0 or not tokens[i - 1].startswith("--"))]
-    if stray:
-        raise BundleError(f"unexpected argument {stray[0]!r}: overrides are written --key value (e.g. --epochs 5)")
+    for i, token in enumerate(tokens):
+        follows_key = i > 0 and tokens[i - 1].startswith("--") and "=" not in tokens[i - 1]
+        if not token.startswith("--") and not follows_key:
+            raise BundleError(f"unexpected argument {token!r}: overrides are written --key value (e.g. --epochs 5)")
+        # fire would read a bare --key as True; for a bundle setting that is almost always a forgotten value
+        if token.startswith("--") and "=" not in token and (i + 1 == len(tokens) or tokens[i + 1].startswith("--")):
+            raise BundleError(f"{token} needs a value (e.g. {token} 5, or {token} True for a switch)")
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -29,15 +29,17 @@ def medtransfer(*args: str, cwd: Path, env: dict | None = None, umask: int | Non
 
 def test_overrides_parse_like_monai_bundle_run():
     parsed = parse_overrides(
-        ["--epochs", "5", "--lr", "1e-3", "--classes", "['a', 'b']", "--amp", "--run_name=x1", "--dataset_dir", "/d"]
+        ["--epochs", "5", "--lr", "1e-3", "--classes", "['a', 'b']", "--amp", "True", "--run_name=x1", "--dataset_dir", "/d", "--w", "-1"]
     )
-    assert parsed == {"epochs": 5, "lr": 1e-3, "classes": ["a", "b"], "amp": True, "run_name": "x1", "dataset_dir": "/d"}
+    assert parsed == {"epochs": 5, "lr": 1e-3, "classes": ["a", "b"], "amp": True, "run_name": "x1", "dataset_dir": "/d", "w": -1}
     assert isinstance(parsed["epochs"], int)
 
 
-def test_stray_argument_is_a_clear_error():
+def test_stray_argument_or_missing_value_is_a_clear_error():
     with pytest.raises(BundleError, match="--key value"):
         parse_overrides(["epochs", "5"])
+    with pytest.raises(BundleError, match="--amp needs a value"):
+        parse_overrides(["--amp", "--epochs", "1"])
 
 
 def test_config_files_put_strategies_after_train_json():
