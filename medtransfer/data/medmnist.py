@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,19 +14,114 @@ from medtransfer.data.registry import DatasetFormat
 from medtransfer.data.splits import SPLIT_NAMES
 from medtransfer.errors import DatasetError
 
+_ORGANS = (
+    "bladder",
+    "femur-left",
+    "femur-right",
+    "heart",
+    "kidney-left",
+    "kidney-right",
+    "liver",
+    "lung-left",
+    "lung-right",
+    "pancreas",
+    "spleen",
+)  # OrganA/C/SMNIST: 11 body organs, the same labels in the axial, coronal and sagittal views
 MEDMNIST_SPLITS = SPLIT_NAMES
-# Class names of the MedMNIST files this project uses, in label order (MedMNIST v2 `INFO`).
-MEDMNIST_CLASSES = {
-    "breastmnist": ("malignant", "normal_benign"),
+# Class names of every 2D MedMNIST set, in label order: the label names of MedMNIST v2's `INFO`
+# (medmnist/info.py of the MedMNIST package, v2.1.0, https://github.com/MedMNIST/MedMNIST), which the .npz files
+# do not carry. BreastMNIST's "normal, benign" is spelt "normal_benign", as this toolkit always has.
+MEDMNIST_CLASSES: dict[str, tuple[str, ...]] = {
+    "pathmnist": (
+        "adipose",
+        "background",
+        "debris",
+        "lymphocytes",
+        "mucus",
+        "smooth muscle",
+        "normal colon mucosa",
+        "cancer-associated stroma",
+        "colorectal adenocarcinoma epithelium",
+    ),
+    "chestmnist": (  # multi-label: 14 findings, each present or not (see MEDMNIST_MULTI_LABEL)
+        "atelectasis",
+        "cardiomegaly",
+        "effusion",
+        "infiltration",
+        "mass",
+        "nodule",
+        "pneumonia",
+        "pneumothorax",
+        "consolidation",
+        "edema",
+        "emphysema",
+        "fibrosis",
+        "pleural",
+        "hernia",
+    ),
+    "dermamnist": (
+        "actinic keratoses and intraepithelial carcinoma",
+        "basal cell carcinoma",
+        "benign keratosis-like lesions",
+        "dermatofibroma",
+        "melanoma",
+        "melanocytic nevi",
+        "vascular lesions",
+    ),
+    "octmnist": ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
     "pneumoniamnist": ("normal", "pneumonia"),
+    "retinamnist": ("0", "1", "2", "3", "4"),  # diabetic retinopathy grade (MedMNIST: ordinal regression)
+    "breastmnist": ("malignant", "normal_benign"),
+    "bloodmnist": (
+        "basophil",
+        "eosinophil",
+        "erythroblast",
+        "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)",
+        "lymphocyte",
+        "monocyte",
+        "neutrophil",
+        "platelet",
+    ),
+    "tissuemnist": (
+        "Collecting Duct, Connecting Tubule",
+        "Distal Convoluted Tubule",
+        "Glomerular endothelial cells",
+        "Interstitial endothelial cells",
+        "Leukocytes",
+        "Podocytes",
+        "Proximal Tubule Segments",
+        "Thick Ascending Limb",
+    ),
+    "organamnist": _ORGANS,
+    "organcmnist": _ORGANS,
+    "organsmnist": _ORGANS,
 }
+# Sets whose images carry several labels at once; the classification bundles train one softmax label per image.
+MEDMNIST_MULTI_LABEL = frozenset({"chestmnist"})
+_STEM = re.compile(r"([a-z]+mnist)(?:_\d+)?")  # breastmnist.npz, and MedMNIST+'s sizes: dermamnist_224.npz
+
+
+def medmnist_name(path: str | os.PathLike[str]) -> str | None:
+    """The MedMNIST set a file is named after (``dermamnist_224.npz`` -> ``dermamnist``), or None."""
+    match = _STEM.fullmatch(Path(path).name.split(".")[0].lower())
+    return match.group(1) if match and match.group(1) in MEDMNIST_CLASSES else None
+
+
+def _refuse_multi_label(file: Path, name: str | None) -> None:
+    if name in MEDMNIST_MULTI_LABEL:
+        raise DatasetError(
+            f"{file} is {name}, a multi-label set ({len(MEDMNIST_CLASSES[name])} findings, any number per image: "
+            f"{', '.join(MEDMNIST_CLASSES[name])}); the classification bundles train one label per image "
+            "(softmax, cross-entropy) and cannot train it. Use a single-label MedMNIST set"
+        )
 
 
 def read_medmnist(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Load all three splits as ``{split: (images uint8 (N,H,W[,3]), labels int64 (N,))}``.
 
     Arrays are read eagerly (MedMNIST files are small) so the npz handle is closed before returning.
-    Only single-label files are accepted: multi-label sets such as ChestMNIST need a different head.
+    Grey sets give (N,H,W) images and RGB sets (PathMNIST, DermaMNIST, RetinaMNIST, BloodMNIST) (N,H,W,3), kept as
+    they are. Only single-label files are accepted: multi-label sets such as ChestMNIST need a different head.
     """
     file = Path(path)
     if not file.is_file():
@@ -63,6 +159,7 @@ def read_medmnist(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, n
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         elif labels.ndim != 1:
+            _refuse_multi_label(file, medmnist_name(file))
             raise DatasetError(
                 f"{file}: {split}_labels has shape {labels.shape}; expected (N,1) or (N,) single-label classes "
                 "(multi-label MedMNIST sets are not supported)"
@@ -86,10 +183,12 @@ def medmnist_records(path: str | os.PathLike[str], split: str) -> list[dict[str,
 
 
 def medmnist_class_names(path: str | os.PathLike[str]) -> list[str]:
-    """The published class names for the files named in :data:`MEDMNIST_CLASSES`, else ``class0``, ``class1``, ..."""
-    stem = Path(path).name.split(".")[0].lower()
-    if stem in MEDMNIST_CLASSES:
-        return list(MEDMNIST_CLASSES[stem])
+    """The published class names of a file named after a MedMNIST 2D set (:data:`MEDMNIST_CLASSES`, also with
+    MedMNIST+'s size suffix), else ``class0``, ``class1``, ...; ChestMNIST (multi-label) is a DatasetError."""
+    name = medmnist_name(path)
+    _refuse_multi_label(Path(path), name)
+    if name is not None:
+        return list(MEDMNIST_CLASSES[name])
     labels = read_medmnist(path)["train"][1]
     return [f"class{i}" for i in range(int(labels.max()) + 1)]
 

@@ -1,4 +1,4 @@
-"""LoadGreyImaged: files or arrays in, (1,H,W) float32 in [0,1] out; unreadable files named."""
+"""LoadImageModed (and LoadGreyImaged, LoadRGBd): files or arrays in, (1|3,H,W) float32 in [0,1] out."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medtransfer.data import LoadGreyImaged
+from medtransfer.data import LoadGreyImaged, LoadImageModed, LoadRGBd
 from medtransfer.errors import DatasetError
 
 
@@ -171,3 +171,62 @@ def test_garbage_dicom_is_named(tmp_path: Path) -> None:
     odd.write_bytes(b"neither an image nor DICOM")
     with pytest.raises(DatasetError, match="notes.xyz"):
         LoadGreyImaged("image")({"image": str(odd)})
+
+
+def test_one_loader_two_modes_on_arrays() -> None:
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    colour = np.stack([grey, 255 - grey, np.full_like(grey, 7)], axis=-1)
+    for value in (grey, grey[..., None]):
+        out = LoadImageModed("image", mode="rgb")({"image": value})["image"]
+        assert out.shape == (3, 3, 4) and all(torch.equal(c, torch.from_numpy(grey / np.float32(255))) for c in out)
+        assert torch.equal(LoadImageModed("image", mode="grey")({"image": value})["image"][0], out[0])
+    rgb = LoadImageModed("image", mode="rgb")({"image": colour})["image"]
+    assert rgb.shape == (3, 3, 4) and rgb.dtype == torch.float32 and rgb.is_contiguous()
+    np.testing.assert_array_equal(rgb.numpy(), colour.transpose(2, 0, 1) / np.float32(255))  # colour kept
+    rgba = np.concatenate([colour, np.zeros_like(grey)[..., None]], axis=-1)
+    assert torch.equal(LoadImageModed("image", mode="rgb")({"image": rgba})["image"], rgb)  # alpha dropped
+    luma = LoadImageModed("image", mode="grey")({"image": colour})["image"]
+    expected = np.rint(colour.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])) / 255
+    assert luma.shape == (1, 3, 4) and np.allclose(luma[0].numpy(), expected)
+    with pytest.raises(DatasetError, match="shape"):
+        LoadImageModed("image", mode="rgb")({"image": np.zeros((2, 2, 2), np.uint8)})
+
+
+def test_aliases_and_bad_modes() -> None:
+    assert isinstance(LoadGreyImaged("image"), LoadImageModed) and LoadGreyImaged("image").mode == "grey"
+    assert isinstance(LoadRGBd("image"), LoadImageModed) and LoadRGBd("image").mode == "rgb"
+    for bad in ("auto", "RGB", "colour"):
+        with pytest.raises(DatasetError, match="resolve image_mode 'auto' first"):
+            LoadImageModed("image", mode=bad)
+    with pytest.raises(DatasetError, match="expected a file path or a uint8 array"):
+        LoadImageModed("image", mode="rgb")({"image": [1, 2]})
+
+
+def test_files_in_both_modes(tmp_path: Path) -> None:
+    colour = np.random.default_rng(0).integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    out = LoadImageModed("image", mode="rgb")({"image": tmp_path / "colour.png"})
+    assert out["image_path"] == str(tmp_path / "colour.png")
+    np.testing.assert_array_equal(out["image"].numpy(), colour.transpose(2, 0, 1) / np.float32(255))
+    grey = LoadImageModed("image", mode="grey")({"image": tmp_path / "colour.png"})["image"]
+    pil_l = np.asarray(Image.open(tmp_path / "colour.png").convert("L"))
+    np.testing.assert_array_equal(grey[0].numpy(), pil_l / np.float32(255))  # PIL's own "L" for files, as before
+    Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16)).save(tmp_path / "deep.png")
+    deep = LoadImageModed("image", mode="rgb")({"image": tmp_path / "deep.png"})["image"]
+    assert deep.shape == (3, 1, 3) and deep[2, 0].tolist() == pytest.approx([0.0, 128 / 255, 1.0], abs=1 / 255)
+    Image.fromarray(colour).convert("P").save(tmp_path / "palette.png")
+    assert LoadImageModed("image", mode="rgb")({"image": tmp_path / "palette.png"})["image"].shape == (3, 6, 5)
+
+
+def test_dicom_in_rgb_mode_keeps_colour_and_repeats_grey() -> None:
+    import pydicom
+    from pydicom.pixels import apply_color_lut
+
+    grey = LoadImageModed("image", mode="rgb")({"image": _dicom("CT_small.dcm")})["image"]
+    assert grey.shape[0] == 3 and torch.equal(grey[0], grey[2])
+    assert torch.equal(grey[1], LoadGreyImaged("image")({"image": _dicom("CT_small.dcm")})["image"][0])
+    ds = pydicom.dcmread(_dicom("examples_palette.dcm"))
+    rgb = apply_color_lut(ds.pixel_array, ds).astype(np.float64)
+    out = LoadImageModed("image", mode="rgb")({"image": _dicom("examples_palette.dcm")})["image"]
+    assert out.shape == (3, int(ds.Rows), int(ds.Columns))
+    np.testing.assert_allclose(out.numpy(), _unit(rgb).transpose(2, 0, 1), atol=1e-6)  # channels stretched together
