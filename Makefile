@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medtransfer-installed
 BUNDLE ?= busi_classification
-# The main job fine-tunes with MetaLR; STRATEGY= (empty) gives plain fine-tuning.
+# The main job fine-tunes the ImageNet EfficientNet-Lite0 (shipped offline) with MetaLR; STRATEGY= (empty) gives
+# plain fine-tuning, START= a randomly initialised ResNet-18 (the papers' architecture is --arch resnet18).
 STRATEGY ?= metalr
+START ?= --arch efficientnet_lite0 --pretrained imagenet
 # fixed once (:=), so training and evaluation name the same run
 ifndef RUN
 RUN := demo-$(shell date +%Y%m%d-%H%M%S)
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/medtransfer run $(BUNDLE) $(if $(STRATEGY),--strategy $(STRATEGY)) --evaluate --run_name $(RUN) $(ARGS)
+	$(VENV)/bin/medtransfer run $(BUNDLE) $(if $(STRATEGY),--strategy $(STRATEGY)) --evaluate --run_name $(RUN) $(START) $(ARGS)
 	@echo "results: runs/$(BUNDLE)/$(RUN) (model.pt, history.png, lr_curves.png, test_metrics.json, test_confusion_matrix.png)"
 
 test: install

@@ -270,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layers", help="print a model's layer groups (the unit of MetaLR, freezing and transferability)")
     p.add_argument(
         "arch_name", nargs="?", default=None, metavar="ARCH",
-        help="a torchvision classifier (resnet18, resnet50, densenet121, vit_b_16, ...) or unet (MONAI's residual "
-        "U-Net); default: --arch",
+        help="a torchvision classifier (resnet18, resnet50, densenet121, vit_b_16, ...), efficientnet_lite0, "
+        "timm:<model_name>, or unet (MONAI's residual U-Net); default: --arch",
     )  # fmt: skip
     p.add_argument("--arch", default="resnet18", help="the same as ARCH")
     p.add_argument("--num-classes", type=int, default=2, help="classes of the head (unet: output channels)")

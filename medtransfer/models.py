@@ -103,6 +103,8 @@ def build_classifier(
         model = _build_timm(arch[len(TIMM_PREFIX) :], num_classes, imagenet=source == IMAGENET)
     else:
         model = _build_random(arch, num_classes)
+    if arch.startswith(TIMM_PREFIX) or arch == "efficientnet_lite0":
+        fresh_head(model)
     if source is None or (source == IMAGENET and arch.startswith(TIMM_PREFIX)):
         return model
     if source == IMAGENET:
@@ -115,6 +117,18 @@ def build_classifier(
         report = load_state(model, state, str(source), key_map=pretrained_key_map)
     logger.info(report.summary())
     return model
+
+
+def fresh_head(model: nn.Module) -> None:
+    """Re-initialise a timm model's new classifier with PyTorch's default (fan-in scaled) Linear init.
+
+    Why: timm's EfficientNets use the TF init, uniform(±1/sqrt(fan_out)), meant for 1000 classes; for a 2- or
+    3-class head on 1280 features it gives logits of several units and a first loss of ~4-10, whose large early
+    gradients disturb the pre-trained body. torchvision's heads (and timm's ``reset_classifier``) start fan-in scaled.
+    """
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        head.reset_parameters()
 
 
 def pretrained_source(pretrained: str | Path | None, pretrained_ckpt: str | Path | None) -> str | Path | None:

@@ -236,3 +236,15 @@ def test_bundle_run_records_the_normalisation_of_the_weights(demo_dir, tmp_path)
     settings = json.loads((runs / "r1" / "run_info.json").read_text())["settings"]
     assert settings["pretrained"] is None and settings["norm_mean"] == list(IMAGENET_MEAN)  # random init: as before
     assert settings["norm_std"] == [0.25] * 3  # an explicit override wins
+
+
+def test_new_efficientnet_head_is_fan_in_scaled_not_tf_style():
+    """PyTorch's default Linear init bounds weights by 1/sqrt(fan_in); timm's TF init by 1/sqrt(fan_out) (0.58 for 3)."""
+    import math
+
+    from medtransfer.models import build_classifier
+
+    for pretrained in (None, "imagenet"):
+        head = build_classifier("efficientnet_lite0", num_classes=3, pretrained=pretrained).get_classifier()
+        bound = 1 / math.sqrt(head.in_features)
+        assert head.weight.abs().max() <= bound and head.weight.abs().max() > 0.5 * bound

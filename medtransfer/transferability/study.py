@@ -72,8 +72,13 @@ def measure_runs(pretrain_dir: str | Path, finetune_dir: str | Path, mode: str =
     )
 
 
-def _loader(records: list[dict], image_size: int, bundle: str | Path = DEFAULT_BUNDLE, batch_size: int = 128):
-    """Records -> batches pre-processed exactly as the bundle's validation does (its load + normalize transforms)."""
+def _loader(records: list[dict], image_size: int, run: Mapping[str, Any], bundle: str | Path = DEFAULT_BUNDLE,
+            batch_size: int = 128):  # fmt: skip
+    """Records -> batches pre-processed exactly as the bundle's validation does (its load + normalize transforms),
+    with the image mode and normalisation that `run` (a run's recorded settings) trained with.
+
+    Runs from before ``image_mode`` existed were read as RGB by this bundle, which the fallback keeps.
+    """
     from monai.bundle import ConfigParser
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose
@@ -83,6 +88,10 @@ def _loader(records: list[dict], image_size: int, bundle: str | Path = DEFAULT_B
     parser = ConfigParser()
     parser.read_config(bundle_path(bundle) / "configs" / "train.json")
     parser["image_size"] = int(image_size)
+    parser["image_mode_used"] = run.get("image_mode_used", "rgb")
+    for key in ("norm_mean", "norm_std"):
+        if run.get(key) is not None:
+            parser[key] = list(run[key])
     transform = Compose(
         parser.get_parsed_content("load_transforms") + parser.get_parsed_content("normalize_transforms")
     )
@@ -96,9 +105,15 @@ def _source_features(pretrain_dir: str, image_size: int, max_samples: int, devic
     source = _sample(
         dataset_records(pre["dataset_format"], pre["dataset_dir"], "train", seed=pre["split_seed"]), max_samples, 0
     )
-    features, _, _ = extract_features(_pretrained_model(pretrain_dir), _loader(source, image_size), device=device)
+    features, _, _ = extract_features(_pretrained_model(pretrain_dir), _loader(source, image_size, pre), device=device)
     features.setflags(write=False)
     return features
+
+
+def _normalization(run: Mapping[str, Any]) -> dict:
+    """The normalisation θA was trained with: the target's features go through θA, so they are normalised as θA's
+    inputs were."""
+    return {k: run[k] for k in ("norm_mean", "norm_std") if run.get(k) is not None}
 
 
 def _pretrained_model(pretrain_dir: str | Path):
@@ -138,7 +153,7 @@ def target_statistics(
     target = _sample(target_all, max_samples, 0)
     src_features = _source_features(str(Path(pretrain_dir).resolve()), size, max_samples, device)
     tgt_features, tgt_labels, tgt_logits = extract_features(
-        _pretrained_model(pretrain_dir), _loader(target, size), device=device
+        _pretrained_model(pretrain_dir), _loader(target, size, {**ft, **_normalization(pre)}), device=device
     )
     stats = dataset_statistics(src_features, tgt_features, tgt_labels, n_train=len(target_all))
     stats.update(
