@@ -115,7 +115,6 @@ def run(
         step_settings = dict(settings)
         if step != "train":
             step_settings.pop("tracking", None)
-        step_settings.setdefault("meta_file", str(files[0].parent / "metadata.json"))
         monai_run(config_file=[str(f) for f in files], **step_settings)
     return str(settings.get("run_name", "the newest finished run"))
 
