@@ -1,0 +1,70 @@
+"""What a finished study run gives a table: its test metrics, how its checkpoint was selected, and warning flags.
+
+One run is a train/val/test run (``test_metrics.json``, ``history.json``) or a cross-validation (``cv_summary.json``
+pooled over the test folds, one ``history.json`` per fold). Every number comes from data the run never selected on:
+the checkpoint is chosen on validation, the metric is the test split's (or the pooled test folds').
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from medtransfer.metrics import mean_std
+from medtransfer.workflows.study import RunSpec
+
+__all__ = ["CHANCE_AUC", "METRICS", "group_rows", "run_outcome"]
+
+METRICS = ("accuracy", "auc", "macro_f1")
+CHANCE_AUC = 0.6  # a selected checkpoint whose validation AUC is at most this is "near chance"
+
+
+def _selection(history_file: Path) -> tuple[int, float, str]:
+    history = json.loads(history_file.read_text())
+    best, key = history["best"], history["key_metric"]
+    return int(best["epoch"]), float(best.get(f"val_{key}", math.nan)), key
+
+
+def run_outcome(study_dir: Path, spec: RunSpec, done: dict) -> dict:
+    """A flat row: label, seed, the test metrics, wall time, the selected epoch(s) and the flags."""
+    run_dir = study_dir / spec.name
+    row = {"run": spec.name, "label": spec.label, "strategy": spec.strategy, "seed": spec.seed, **spec.extra,
+           "wall_min": round(done["wall_s"] / 60, 2)}  # fmt: skip
+    if spec.folds:
+        summary = json.loads((run_dir / "cv_summary.json").read_text())["frame"]
+        row.update({m: float(summary.get(m, math.nan)) for m in METRICS})
+        histories = sorted(run_dir.glob("fold*/history.json"))
+    else:
+        metrics = json.loads((run_dir / "test_metrics.json").read_text())
+        row.update({m: float(metrics.get(m, math.nan)) for m in METRICS})
+        histories = [run_dir / "history.json"]
+    selections = [_selection(h) for h in histories if h.is_file()]
+    flags = []
+    if any(epoch == 1 for epoch, _, _ in selections):
+        flags.append("first-epoch checkpoint")
+    if any(key == "auc" and value <= CHANCE_AUC for _, value, key in selections):
+        flags.append(f"validation AUC <= {CHANCE_AUC}")
+    row["selected_epochs"] = " ".join(str(e) for e, _, _ in selections)
+    row["val_key_metric"] = round(min((v for _, v, _ in selections), default=math.nan), 4)
+    row["flags"] = "; ".join(flags)
+    return row
+
+
+def group_rows(rows: Sequence[dict], by: Sequence[str] = ("label",)) -> list[dict]:
+    """mean and std over the runs sharing `by` (seeds or folds), in first-seen order, with the runs' flags."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        entry = dict(zip(by, key, strict=True))
+        entry["n"] = len(members)
+        entry["seeds"] = " ".join(str(r["seed"]) for r in members)
+        for m in (*METRICS, "wall_min"):
+            entry[f"{m}_mean"], entry[f"{m}_std"] = mean_std([r[m] for r in members])
+        flagged = [f"{r['seed']}: {r['flags']}" for r in members if r["flags"]]
+        entry["flags"] = " | ".join(f"seed {f}" for f in flagged)
+        out.append(entry)
+    return out

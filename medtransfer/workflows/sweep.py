@@ -1,0 +1,158 @@
+"""``medtransfer sweep bidirectional``: which layers must move for this target? (MetaLR paper, Chen et al. 2023, Fig. 1)
+
+For k = 0 … L (L = the network's backbone groups, from :mod:`medtransfer.layers`) it fine-tunes, beside the new
+head, the first k groups (bottom-up: the input side, low-level and domain-specific features) or the last k (top-down:
+the head side, task-specific features), everything else frozen with its BatchNorm statistics
+(:mod:`medtransfer.strategies.partial`). Both directions share their ends: k = 0 is the linear probe and k = L is full
+fine-tuning, run once each and drawn as the reference lines. If accuracy climbs fast bottom-up, the first layers
+carry the domain gap; if it climbs fast top-down, the last layers carry the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from medtransfer.atomic import write_csv_atomic, write_text_atomic
+from medtransfer.report import markdown_table, save_figure, save_json
+from medtransfer.runs import timestamp
+from medtransfer.workflows.outcomes import group_rows, run_outcome
+from medtransfer.workflows.study import RunSpec, finished_runs, read_study, run_study, write_study
+
+__all__ = ["backbone_group_names", "collect_sweep", "run_bidirectional_sweep", "sweep_specs"]
+
+DIRECTIONS = ("bottom-up", "top-down")
+
+
+def backbone_group_names(bundle: str, overrides: Mapping[str, Any] | None = None) -> list[str]:
+    """The bundle network's layer groups before its head, as the runs will build them (same arch and overrides)."""
+    from monai.bundle import ConfigParser
+
+    from medtransfer.bundling import bundle_path
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_path(bundle) / "configs" / "train.json"))
+    parser.update({k: v for k, v in dict(overrides or {}).items()})
+    groups = parser.get_parsed_content("layer_groups")
+    return [g.name for g in groups[:-1]]
+
+
+def sweep_specs(
+    backbone: Sequence[str], seeds: Sequence[int], folds: int | None = None, overrides: Mapping | None = None
+) -> list[RunSpec]:
+    """Every (seed, k, direction); k = 0 and k = L once per seed, shared by both directions."""
+    depth = len(backbone)
+    specs = []
+    for seed in seeds:
+        for k in range(depth + 1):
+            ends = k in (0, depth)
+            for direction in DIRECTIONS[:1] if ends else DIRECTIONS:
+                key = "partial_first_k" if direction == "bottom-up" else "partial_last_k"
+                moving = list(backbone[:k]) if direction == "bottom-up" else list(backbone[depth - k :])
+                name = f"{'both' if ends else direction}_k{k}_seed{seed}"
+                label = f"{'both' if ends else direction} k={k}"
+                specs.append(RunSpec(
+                    name=name, label=label, strategy="partial", seed=int(seed), folds=folds,
+                    overrides={**dict(overrides or {}), key: k, "partial_first_k" if key.endswith("last_k")
+                               else "partial_last_k": None},
+                    extra={"k": k, "direction": "both" if ends else direction, "trainable": " ".join(moving)},
+                ))  # fmt: skip
+    return specs
+
+
+def run_bidirectional_sweep(
+    bundle: str,
+    seeds: Sequence[int] = (0,),
+    folds: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    runs_dir: str | Path | None = None,
+    shard: tuple[int, int] | None = None,
+    devices: Sequence[str] | None = None,
+) -> Path:
+    """Run (or continue) the sweep in ``runs_dir/sweep_<name>``; collect CSV, table and plot when all runs are done."""
+    from medtransfer.bundling import bundle_path
+
+    root = Path(runs_dir) if runs_dir else Path("runs") / bundle_path(bundle).name
+    study_dir = root / (name if name and name.startswith("sweep_") else f"sweep_{name or timestamp()}")
+    backbone = backbone_group_names(bundle, overrides)
+    specs = sweep_specs(backbone, seeds, folds, overrides)
+    write_study(study_dir, bundle, specs, "bidirectional sweep",
+                {"backbone_groups": backbone, "seeds": list(seeds), "folds": folds,
+                 "overrides": dict(overrides or {})})  # fmt: skip
+    run_study(study_dir, shard=shard, devices=devices,
+              summary_line=lambda spec, d, done: f"test AUC {run_outcome(d, spec, done)['auc']:.3f}")  # fmt: skip
+    if len(finished_runs(study_dir, specs)) == len(specs):
+        collect_sweep(study_dir)
+    return study_dir
+
+
+def _by_direction(summary: Sequence[dict], depth: int) -> dict[str, list[dict]]:
+    """Each direction's points over k = 0 … L, the shared ends included."""
+    ends = {r["k"]: r for r in summary if r["direction"] == "both"}
+    lines = {}
+    for direction in DIRECTIONS:
+        points = {**ends, **{r["k"]: r for r in summary if r["direction"] == direction}}
+        lines[direction] = [points[k] for k in sorted(points) if k <= depth]
+    return lines
+
+
+def collect_sweep(study_dir: str | Path, metric: str = "auc") -> dict:
+    """``sweep.csv`` (every run), ``sweep.md`` (mean ± std per direction and k) and ``sweep.png``."""
+    study_dir = Path(study_dir)
+    record, specs = read_study(study_dir)
+    done = finished_runs(study_dir, specs)
+    rows = [run_outcome(study_dir, s, done[s.name]) for s in specs if s.name in done]
+    if not rows:
+        raise FileNotFoundError(f"no finished run in {study_dir} yet; run the sweep (or its shards) first")
+    backbone = record["settings"]["backbone_groups"]
+    write_csv_atomic(study_dir / "sweep.csv", list(rows[0]), ([r[k] for k in rows[0]] for r in rows))
+    summary = group_rows(rows, by=("direction", "k", "trainable"))
+    pooled = "pooled test folds" if record["settings"].get("folds") else "test split"
+    table = markdown_table(
+        ["direction", "k", "trainable groups (+ head)", "runs", f"accuracy ({pooled})", "AUC", "wall (min)", "flags"],
+        [[r["direction"], r["k"], r["trainable"] or "(head only)", r["n"],
+          f"{r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f}", f"{r['auc_mean']:.3f} ± {r['auc_std']:.3f}",
+          f"{r['wall_min_mean']:.1f}", r["flags"]] for r in sorted(summary, key=lambda r: (r["direction"], r["k"]))],
+    )  # fmt: skip
+    text = (f"# Bi-directional fine-tuning: {record['bundle']}\n\nBackbone groups (input → head): "
+            f"{', '.join(backbone)}.\n\n{table}\n")  # fmt: skip
+    missing = len(specs) - len(rows)
+    if missing:
+        text += f"\n{missing} of {len(specs)} runs have not finished; rows cover the finished ones.\n"
+    write_text_atomic(study_dir / "sweep.md", text)
+    lines = _by_direction(summary, len(backbone))
+    _plot_sweep(lines, summary, metric, len(backbone), study_dir / "sweep.png",
+                f"{record['bundle']}: bi-directional fine-tuning ({pooled})")  # fmt: skip
+    result = {"study_dir": str(study_dir), "runs": rows, "summary": summary, "missing": missing}
+    save_json(result, study_dir / "sweep_summary.json")
+    print(text)
+    return result
+
+
+def _plot_sweep(lines: dict, summary: Sequence[dict], metric: str, depth: int, path: Path, title: str) -> Path:
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for (direction, points), style in zip(lines.items(), (("-", "o"), ("--", "s")), strict=False):
+        if not points:
+            continue
+        k = np.array([p["k"] for p in points])
+        mean = np.array([p[f"{metric}_mean"] for p in points])
+        std = np.array([p[f"{metric}_std"] for p in points])
+        ax.plot(k, mean, linestyle=style[0], marker=style[1], label=direction)
+        ax.fill_between(k, mean - std, mean + std, alpha=0.2)
+    ends = {r["k"]: r for r in summary if r["direction"] == "both"}
+    for k, name, colour in ((depth, "full fine-tuning", "grey"), (0, "linear probe", "black")):
+        if k in ends:
+            ax.axhline(ends[k][f"{metric}_mean"], color=colour, linestyle=":", linewidth=1, label=name)
+    ax.set_xlabel("k (trainable backbone groups, besides the head)")
+    ax.set_ylabel(f"test {metric} (mean ± std)")
+    ax.set_xticks(range(depth + 1))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)
