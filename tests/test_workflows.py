@@ -122,3 +122,15 @@ def test_bidirectional_sweep_freezes_what_it_says_and_plots(tmp_path, tiny):
     assert "| top-down | 1 | layer4 |" in (study / "sweep.md").read_text()
     again = collect_sweep(study, metric="accuracy")
     assert again["missing"] == 0
+
+
+@pytest.mark.slow
+def test_devices_run_one_worker_process_per_device_each_with_its_slice(tmp_path, tiny):
+    # without GPUs the "devices" are just the CUDA_VISIBLE_DEVICES values each worker gets; both fall back to the CPU
+    study = run_comparison("busi_classification", ["full", "linear_probe"], seeds=[0], overrides=tiny, name="d",
+                           runs_dir=tmp_path, devices=["x", "y"])  # fmt: skip
+    logs = {p.name: p.read_text() for p in study.glob("worker*_of2.log")}
+    assert set(logs) == {"worker1_of2.log", "worker2_of2.log"}
+    assert "full_seed0" in logs["worker1_of2.log"] and "linear_probe_seed0" not in logs["worker1_of2.log"]
+    assert "linear_probe_seed0" in logs["worker2_of2.log"]
+    assert json.loads((study / "compare_summary.json").read_text())["missing"] == 0
