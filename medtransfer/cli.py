@@ -94,6 +94,13 @@ def _cv(args: argparse.Namespace) -> None:
     )
 
 
+def _placement(args: argparse.Namespace):
+    from medtransfer.workflows.study import Placement
+
+    devices = args.devices.split(",") if args.devices else None
+    return Placement(name=args.name, runs_dir=args.runs_dir, shard=args.shard, devices=devices)
+
+
 def _seed_list(args: argparse.Namespace) -> list[int]:
     return list(range(args.seeds)) if args.seed is None else list(args.seed)
 
@@ -114,8 +121,7 @@ def _compare(args: argparse.Namespace) -> None:
         raise SystemExit("medtransfer compare needs --bundle NAME (an installed bundle or a bundle folder)")
     run_comparison(
         args.bundle, strategies=[s for s in args.strategies.split(",") if s], seeds=_seed_list(args),
-        folds=args.folds, overrides=parse_overrides(args.overrides), name=args.name, runs_dir=args.runs_dir,
-        shard=args.shard, devices=args.devices.split(",") if args.devices else None,
+        folds=args.folds, overrides=parse_overrides(args.overrides), placement=_placement(args),
     )  # fmt: skip
 
 
@@ -135,8 +141,7 @@ def _sweep(args: argparse.Namespace) -> None:
         raise SystemExit("medtransfer sweep bidirectional needs --bundle NAME (an installed bundle or a bundle folder)")
     run_bidirectional_sweep(
         args.bundle, seeds=_seed_list(args), folds=args.folds, overrides=parse_overrides(args.overrides),
-        name=args.name, runs_dir=args.runs_dir, shard=args.shard,
-        devices=args.devices.split(",") if args.devices else None,
+        placement=_placement(args),
     )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from medtransfer.errors import RunDirectoryError
 from medtransfer.workflows.compare import collect_comparison, comparison_specs, run_comparison
-from medtransfer.workflows.study import parse_shard, shard_of
+from medtransfer.workflows.study import Placement, parse_shard, shard_of
 from medtransfer.workflows.sweep import collect_sweep, run_bidirectional_sweep, sweep_specs
 
 TINY = {"image_size": 32, "epochs": 1, "batch_size": 8, "train#trainer#epoch_length": 2,
@@ -30,8 +30,12 @@ def _mtimes(study):
 
 @pytest.mark.slow
 def test_comparison_table_is_the_mean_of_the_runs_and_finished_runs_are_never_redone(tmp_path, tiny):
-    study = run_comparison("busi_classification", ["full", "linear_probe_fast"], seeds=[0, 1], overrides=tiny,
-                           name="t", runs_dir=tmp_path)  # fmt: skip
+    def compare(strategies=("full", "linear_probe_fast"), seeds=(0, 1)):
+        return run_comparison(
+            "busi_classification", strategies, seeds, overrides=tiny, placement=Placement("t", tmp_path)
+        )
+
+    study = compare()
     runs = {s: [json.loads((study / f"{s}_seed{k}" / "test_metrics.json").read_text()) for k in (0, 1)]
             for s in ("full", "linear_probe_fast")}  # fmt: skip
     summary = {r["label"]: r for r in json.loads((study / "compare_summary.json").read_text())["summary"]}
@@ -45,8 +49,7 @@ def test_comparison_table_is_the_mean_of_the_runs_and_finished_runs_are_never_re
     assert "| full | 2 (0 1) |" in table and "linear_probe_fast" in table
 
     before = _mtimes(study)
-    run_comparison("busi_classification", ["full", "linear_probe_fast"], seeds=[0, 1], overrides=tiny, name="t",
-                   runs_dir=tmp_path)  # fmt: skip
+    compare()
     after = _mtimes(study)
     assert {k: v for k, v in after.items() if "seed" in str(k)} == {k: v for k, v in before.items() if "seed" in str(k)}
 
@@ -55,15 +58,14 @@ def test_comparison_table_is_the_mean_of_the_runs_and_finished_runs_are_never_re
     (crashed / "study_run.json").unlink()
     (crashed / "test_metrics.json").unlink()
     model_time = (crashed / "model.pt").stat().st_mtime_ns
-    run_comparison("busi_classification", ["full", "linear_probe_fast"], seeds=[0, 1], overrides=tiny, name="t",
-                   runs_dir=tmp_path)  # fmt: skip
+    compare()
     assert (crashed / "model.pt").stat().st_mtime_ns == model_time
     assert json.loads((crashed / "test_metrics.json").read_text())["auc"] == pytest.approx(runs["full"][1]["auc"])
     untouched = study / "full_seed0" / "study_run.json"
     assert untouched.stat().st_mtime_ns == before[untouched.relative_to(study)]
 
     with pytest.raises(RunDirectoryError, match="another study"):
-        run_comparison("busi_classification", ["full"], seeds=[0], overrides=tiny, name="t", runs_dir=tmp_path)
+        compare(["full"], [0])
 
 
 def test_shards_split_a_study_into_disjoint_slices_that_cover_it():
@@ -79,11 +81,11 @@ def test_shards_split_a_study_into_disjoint_slices_that_cover_it():
 
 @pytest.mark.slow
 def test_sharded_comparison_collects_the_same_table(tmp_path, tiny):
-    args = dict(strategies=["full", "llrd"], seeds=[0], overrides=tiny, name="s", runs_dir=tmp_path)
-    study = run_comparison("busi_classification", **args, shard=(1, 2))
+    args = dict(strategies=["full", "llrd"], seeds=[0], overrides=tiny)
+    study = run_comparison("busi_classification", **args, placement=Placement("s", tmp_path, shard=(1, 2)))
     partial = collect_comparison(study)
     assert partial["missing"] == 1 and [r["label"] for r in partial["runs"]] == ["full"]
-    run_comparison("busi_classification", **args, shard=(2, 2))
+    run_comparison("busi_classification", **args, placement=Placement("s", tmp_path, shard=(2, 2)))
     result = json.loads((study / "compare_summary.json").read_text())
     assert result["missing"] == 0 and [r["label"] for r in result["summary"]] == ["full", "llrd"]
 
@@ -105,8 +107,7 @@ def test_sweep_runs_both_directions_and_shares_the_linear_probe_and_full_ends():
 @pytest.mark.slow
 def test_bidirectional_sweep_freezes_what_it_says_and_plots(tmp_path, tiny):
     overrides = {**tiny, "layer_granularity": "stage", "save_init": True}  # ResNet-18 stages: 5 groups, 10 runs
-    study = run_bidirectional_sweep("busi_classification", seeds=[0], overrides=overrides, name="b",
-                                    runs_dir=tmp_path)  # fmt: skip
+    study = run_bidirectional_sweep("busi_classification", [0], overrides=overrides, placement=Placement("b", tmp_path))
     rows = {(r["direction"], r["k"]): r for r in json.loads((study / "sweep_summary.json").read_text())["runs"]}
     assert len(rows) == 10 and rows[("top-down", 1)]["trainable"] == "layer4"
     info = json.loads((study / "top-down_k1_seed0" / "run_info.json").read_text())["settings"]
@@ -127,8 +128,8 @@ def test_bidirectional_sweep_freezes_what_it_says_and_plots(tmp_path, tiny):
 @pytest.mark.slow
 def test_devices_run_one_worker_process_per_device_each_with_its_slice(tmp_path, tiny):
     # without GPUs the "devices" are just the CUDA_VISIBLE_DEVICES values each worker gets; both fall back to the CPU
-    study = run_comparison("busi_classification", ["full", "linear_probe"], seeds=[0], overrides=tiny, name="d",
-                           runs_dir=tmp_path, devices=["x", "y"])  # fmt: skip
+    placement = Placement("d", tmp_path, devices=["x", "y"])
+    study = run_comparison("busi_classification", ["full", "linear_probe"], [0], overrides=tiny, placement=placement)
     logs = {p.name: p.read_text() for p in study.glob("worker*_of2.log")}
     assert set(logs) == {"worker1_of2.log", "worker2_of2.log"}
     assert "full_seed0" in logs["worker1_of2.log"] and "linear_probe_seed0" not in logs["worker1_of2.log"]

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from medtransfer.atomic import write_csv_atomic, write_text_atomic
+from medtransfer.atomic import write_text_atomic
 from medtransfer.report import markdown_table, save_figure, save_json
-from medtransfer.runs import timestamp
-from medtransfer.workflows.outcomes import METRICS, group_rows, run_outcome
-from medtransfer.workflows.study import RunSpec, finished_runs, read_study, run_study, write_study
+from medtransfer.workflows.outcomes import METRICS, finished_outcomes, group_rows, run_outcome, write_rows
+from medtransfer.workflows.study import Placement, RunSpec, launch_study
 
 __all__ = ["DEFAULT_STRATEGIES", "collect_comparison", "comparison_specs", "run_comparison"]
 
@@ -57,36 +56,26 @@ def run_comparison(
     seeds: Sequence[int] = (0, 1, 2),
     folds: int | None = None,
     overrides: Mapping[str, Any] | None = None,
-    name: str | None = None,
-    runs_dir: str | Path | None = None,
-    shard: tuple[int, int] | None = None,
-    devices: Sequence[str] | None = None,
+    placement: Placement | None = None,
 ) -> Path:
-    """Run (or continue) the comparison in ``runs_dir/compare_<name>``; collect the table when every run is done."""
-    from medtransfer.bundling import bundle_path
-
-    root = Path(runs_dir) if runs_dir else Path("runs") / bundle_path(bundle).name
-    study_dir = root / (name if name and name.startswith("compare_") else f"compare_{name or timestamp()}")
+    """Run (or continue) the comparison in ``compare_<name>``; collect the table when every run is done."""
     specs = comparison_specs(strategies, seeds, folds, overrides)
-    write_study(study_dir, bundle, specs, "compare", {"strategies": list(strategies), "seeds": list(seeds),
-                                                     "folds": folds, "overrides": dict(overrides or {})})  # fmt: skip
-    run_study(study_dir, shard=shard, devices=devices, summary_line=_summary_line)
-    if len(finished_runs(study_dir, specs)) == len(specs):
-        collect_comparison(study_dir)
-    return study_dir
+    settings = {
+        "strategies": list(strategies),
+        "seeds": list(seeds),
+        "folds": folds,
+        "overrides": dict(overrides or {}),
+    }
+    return launch_study(bundle, "compare", specs, settings, placement or Placement(), _summary_line, collect_comparison)
 
 
 def collect_comparison(study_dir: str | Path) -> dict:
     """Per-run CSV, mean ± std table (Markdown, CSV) and a bar plot with error bars, from every finished run."""
     study_dir = Path(study_dir)
-    record, specs = read_study(study_dir)
-    done = finished_runs(study_dir, specs)
-    rows = [run_outcome(study_dir, s, done[s.name]) for s in specs if s.name in done]
-    if not rows:
-        raise FileNotFoundError(f"no finished run in {study_dir} yet; run the comparison (or its shards) first")
+    record, specs, rows = finished_outcomes(study_dir)
     summary = group_rows(rows)
-    write_csv_atomic(study_dir / "compare_runs.csv", list(rows[0]), ([r[k] for k in rows[0]] for r in rows))
-    write_csv_atomic(study_dir / "compare_table.csv", list(summary[0]), ([r[k] for k in summary[0]] for r in summary))
+    write_rows(study_dir / "compare_runs.csv", rows)
+    write_rows(study_dir / "compare_table.csv", summary)
     pooled = "pooled test folds" if record["settings"].get("folds") else "test split"
     table = markdown_table(
         ["strategy", "runs (seeds)", f"accuracy ({pooled})", "AUC", "macro-F1", "wall time per run (min)", "flags"],

@@ -12,10 +12,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from medtransfer.atomic import write_csv_atomic
 from medtransfer.metrics import mean_std
-from medtransfer.workflows.study import RunSpec
+from medtransfer.workflows.study import RunSpec, finished_runs, read_study
 
-__all__ = ["CHANCE_AUC", "METRICS", "group_rows", "run_outcome"]
+__all__ = ["CHANCE_AUC", "METRICS", "finished_outcomes", "group_rows", "run_outcome", "write_rows"]
 
 METRICS = ("accuracy", "auc", "macro_f1")
 CHANCE_AUC = 0.6  # a selected checkpoint whose validation AUC is at most this is "near chance"
@@ -68,3 +69,18 @@ def group_rows(rows: Sequence[dict], by: Sequence[str] = ("label",)) -> list[dic
         entry["flags"] = " | ".join(f"seed {f}" for f in flagged)
         out.append(entry)
     return out
+
+
+def finished_outcomes(study_dir: Path) -> tuple[dict, list[RunSpec], list[dict]]:
+    """The study's record, its runs, and the outcome rows of those that finished (an error if none has)."""
+    record, specs = read_study(study_dir)
+    done = finished_runs(study_dir, specs)
+    rows = [run_outcome(study_dir, s, done[s.name]) for s in specs if s.name in done]
+    if not rows:
+        raise FileNotFoundError(f"no finished run in {study_dir} yet; run the study (or its shards) first")
+    return record, specs, rows
+
+
+def write_rows(path: Path, rows: Sequence[dict]) -> None:
+    """Rows of equal keys as a CSV, atomically."""
+    write_csv_atomic(path, list(rows[0]), ([r[k] for k in rows[0]] for r in rows))

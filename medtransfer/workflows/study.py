@@ -27,7 +27,17 @@ from medtransfer.atomic import write_text_atomic
 from medtransfer.errors import RunDirectoryError
 from medtransfer.report import save_json
 
-__all__ = ["RunSpec", "finished_runs", "parse_shard", "read_study", "run_study", "shard_of", "write_study"]
+__all__ = [
+    "Placement",
+    "RunSpec",
+    "finished_runs",
+    "launch_study",
+    "parse_shard",
+    "read_study",
+    "run_study",
+    "shard_of",
+    "write_study",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +56,42 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     folds: int | None = None  # a cross-validation over this many folds instead of one train/val/test run
     extra: dict[str, Any] = field(default_factory=dict)  # what the study's tables need (k, direction, ...)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a study lives (``runs_dir/<kind>_<name>``, default ``runs/<bundle>``) and which of its runs run here."""
+
+    name: str | None = None
+    runs_dir: str | Path | None = None
+    shard: tuple[int, int] | None = None
+    devices: Sequence[str] | None = None
+
+    def folder(self, bundle: str, prefix: str) -> Path:
+        from medtransfer.bundling import bundle_path
+        from medtransfer.runs import timestamp
+
+        root = Path(self.runs_dir) if self.runs_dir else Path("runs") / bundle_path(bundle).name
+        name = self.name or timestamp()
+        return root / (name if name.startswith(f"{prefix}_") else f"{prefix}_{name}")
+
+
+def launch_study(
+    bundle: str,
+    kind: str,
+    specs: Sequence[RunSpec],
+    settings: Mapping,
+    placement: Placement,
+    summary_line: Callable[[RunSpec, Path, dict], str],
+    collect: Callable[[Path], object],
+) -> Path:
+    """Record the study (prefix: its kind's first word), run this placement's share, collect once all runs are done."""
+    study_dir = placement.folder(bundle, kind.split()[-1] if kind.endswith("sweep") else kind)
+    write_study(study_dir, bundle, specs, kind, settings)
+    run_study(study_dir, shard=placement.shard, devices=placement.devices, summary_line=summary_line)
+    if len(finished_runs(study_dir, specs)) == len(specs):
+        collect(study_dir)
+    return study_dir
 
 
 def parse_shard(text: str) -> tuple[int, int]:

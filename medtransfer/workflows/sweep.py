@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from medtransfer.atomic import write_csv_atomic, write_text_atomic
+from medtransfer.atomic import write_text_atomic
 from medtransfer.report import markdown_table, save_figure, save_json
-from medtransfer.runs import timestamp
-from medtransfer.workflows.outcomes import group_rows, run_outcome
-from medtransfer.workflows.study import RunSpec, finished_runs, read_study, run_study, write_study
+from medtransfer.workflows.outcomes import finished_outcomes, group_rows, run_outcome, write_rows
+from medtransfer.workflows.study import Placement, RunSpec, launch_study
 
 __all__ = ["backbone_group_names", "collect_sweep", "run_bidirectional_sweep", "sweep_specs"]
 
@@ -64,31 +63,23 @@ def sweep_specs(
     return specs
 
 
+def _sweep_line(spec: RunSpec, study_dir: Path, done: dict) -> str:
+    return f"test AUC {run_outcome(study_dir, spec, done)['auc']:.3f}"
+
+
 def run_bidirectional_sweep(
     bundle: str,
     seeds: Sequence[int] = (0,),
     folds: int | None = None,
     overrides: Mapping[str, Any] | None = None,
-    name: str | None = None,
-    runs_dir: str | Path | None = None,
-    shard: tuple[int, int] | None = None,
-    devices: Sequence[str] | None = None,
+    placement: Placement | None = None,
 ) -> Path:
-    """Run (or continue) the sweep in ``runs_dir/sweep_<name>``; collect CSV, table and plot when all runs are done."""
-    from medtransfer.bundling import bundle_path
-
-    root = Path(runs_dir) if runs_dir else Path("runs") / bundle_path(bundle).name
-    study_dir = root / (name if name and name.startswith("sweep_") else f"sweep_{name or timestamp()}")
+    """Run (or continue) the sweep in ``sweep_<name>``; collect CSV, table and plot when all runs are done."""
     backbone = backbone_group_names(bundle, overrides)
     specs = sweep_specs(backbone, seeds, folds, overrides)
-    write_study(study_dir, bundle, specs, "bidirectional sweep",
-                {"backbone_groups": backbone, "seeds": list(seeds), "folds": folds,
-                 "overrides": dict(overrides or {})})  # fmt: skip
-    run_study(study_dir, shard=shard, devices=devices,
-              summary_line=lambda spec, d, done: f"test AUC {run_outcome(d, spec, done)['auc']:.3f}")  # fmt: skip
-    if len(finished_runs(study_dir, specs)) == len(specs):
-        collect_sweep(study_dir)
-    return study_dir
+    settings = {"backbone_groups": backbone, "seeds": list(seeds), "folds": folds, "overrides": dict(overrides or {})}
+    return launch_study(bundle, "bidirectional sweep", specs, settings, placement or Placement(), _sweep_line,
+                        collect_sweep)  # fmt: skip
 
 
 def _by_direction(summary: Sequence[dict], depth: int) -> dict[str, list[dict]]:
@@ -104,13 +95,9 @@ def _by_direction(summary: Sequence[dict], depth: int) -> dict[str, list[dict]]:
 def collect_sweep(study_dir: str | Path, metric: str = "auc") -> dict:
     """``sweep.csv`` (every run), ``sweep.md`` (mean ± std per direction and k) and ``sweep.png``."""
     study_dir = Path(study_dir)
-    record, specs = read_study(study_dir)
-    done = finished_runs(study_dir, specs)
-    rows = [run_outcome(study_dir, s, done[s.name]) for s in specs if s.name in done]
-    if not rows:
-        raise FileNotFoundError(f"no finished run in {study_dir} yet; run the sweep (or its shards) first")
+    record, specs, rows = finished_outcomes(study_dir)
     backbone = record["settings"]["backbone_groups"]
-    write_csv_atomic(study_dir / "sweep.csv", list(rows[0]), ([r[k] for k in rows[0]] for r in rows))
+    write_rows(study_dir / "sweep.csv", rows)
     summary = group_rows(rows, by=("direction", "k", "trainable"))
     pooled = "pooled test folds" if record["settings"].get("folds") else "test split"
     table = markdown_table(
