@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     _study_options(q, default_seeds=1)
-    q.add_argument("--metric", default="auc", choices=("auc", "accuracy", "macro_f1"), help="the metric plotted")
+    q.add_argument("--metric", default="auc", choices=("auc", "accuracy", "macro_f1", "mean_dice"), help="the metric plotted")
     q.set_defaults(func=_sweep)
 
     p = sub.add_parser("pocus-frames", help="decode POCUS clips into patient-grouped fold folders of PNG frames")

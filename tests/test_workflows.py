@@ -135,3 +135,39 @@ def test_devices_run_one_worker_process_per_device_each_with_its_slice(tmp_path,
     assert "full_seed0" in logs["worker1_of2.log"] and "linear_probe_seed0" not in logs["worker1_of2.log"]
     assert "linear_probe_seed0" in logs["worker2_of2.log"]
     assert json.loads((study / "compare_summary.json").read_text())["missing"] == 0
+
+
+def _fake_run(study, name, metrics, best_epoch, val_auc, wall_s=60.0):
+    run = study / name
+    run.mkdir(parents=True)
+    (run / "test_metrics.json").write_text(json.dumps(metrics))
+    best = {"epoch": best_epoch, "val_auc": val_auc}
+    (run / "history.json").write_text(json.dumps({"epochs": [best], "best": best, "key_metric": "auc"}))
+    (run / "study_run.json").write_text(json.dumps({"wall_s": wall_s}))
+
+
+def test_table_flags_first_epoch_and_near_chance_selections_and_reads_segmentation_runs(tmp_path):
+    from medtransfer.workflows.study import write_study
+
+    specs = comparison_specs(["full", "bss"], seeds=[0, 1])
+    study = tmp_path / "compare_fake"
+    write_study(study, "busi_classification", specs, "compare", {"folds": None})
+    values = {"full_seed0": (0.80, 0.90, 5, 0.95), "full_seed1": (0.70, 0.86, 1, 0.91),
+              "bss_seed0": (0.60, 0.70, 4, 0.55), "bss_seed1": (0.65, 0.72, 6, 0.80)}  # fmt: skip
+    for name, (acc, auc, epoch, val) in values.items():
+        _fake_run(study, name, {"accuracy": acc, "auc": auc, "macro_f1": acc - 0.1}, epoch, val, wall_s=90)
+    result = collect_comparison(study)
+    rows = {r["label"]: r for r in result["summary"]}
+    assert rows["full"]["accuracy_mean"] == pytest.approx(0.75) and rows["full"]["wall_min_mean"] == pytest.approx(1.5)
+    assert rows["full"]["flags"] == "seed 1: first-epoch checkpoint"
+    assert rows["bss"]["flags"] == "seed 0: validation AUC <= 0.6"
+    table = (study / "compare_table.md").read_text()
+    assert "seed 1: first-epoch checkpoint" in table and "mean Dice" not in table
+
+    seg = tmp_path / "compare_seg"
+    write_study(seg, "lits_segmentation", specs[:2], "compare", {"folds": None})
+    for spec, dice in zip(specs[:2], (0.81, 0.77), strict=True):
+        _fake_run(seg, spec.name, {"mean_dice": dice, "dice": {"liver": dice}}, 3, 0.9)
+    rows = collect_comparison(seg)["summary"]
+    assert [r["label"] for r in rows] == ["full", "bss"] and rows[0]["mean_dice_mean"] == pytest.approx(0.81)
+    assert "mean Dice (test split)" in (seg / "compare_table.md").read_text()

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from medtransfer.atomic import write_text_atomic
 from medtransfer.report import markdown_table, save_figure, save_json
-from medtransfer.workflows.outcomes import METRICS, finished_outcomes, group_rows, run_outcome, write_rows
+from medtransfer.workflows.outcomes import LABELS, finished_outcomes, group_rows, metric_keys, run_outcome, write_rows
 from medtransfer.workflows.study import Placement, RunSpec, launch_study
 
 __all__ = ["DEFAULT_STRATEGIES", "collect_comparison", "comparison_specs", "run_comparison"]
@@ -46,7 +46,7 @@ def comparison_specs(
 
 def _summary_line(spec: RunSpec, study_dir: Path, done: dict) -> str:
     row = run_outcome(study_dir, spec, done)
-    text = f"test accuracy {row['accuracy']:.3f}, AUC {row['auc']:.3f}"
+    text = ", ".join(f"test {LABELS[m]} {row[m]:.3f}" for m in metric_keys([row]))
     return text + (f" [{row['flags']}]" if row["flags"] else "")
 
 
@@ -74,13 +74,14 @@ def collect_comparison(study_dir: str | Path) -> dict:
     study_dir = Path(study_dir)
     record, specs, rows = finished_outcomes(study_dir)
     summary = group_rows(rows)
+    keys = metric_keys(rows)
     write_rows(study_dir / "compare_runs.csv", rows)
     write_rows(study_dir / "compare_table.csv", summary)
     pooled = "pooled test folds" if record["settings"].get("folds") else "test split"
     table = markdown_table(
-        ["strategy", "runs (seeds)", f"accuracy ({pooled})", "AUC", "macro-F1", "wall time per run (min)", "flags"],
+        ["strategy", "runs (seeds)", *(f"{LABELS[m]} ({pooled})" for m in keys), "wall time per run (min)", "flags"],
         [[r["label"], f"{r['n']} ({r['seeds']})",
-          *(f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" for m in METRICS),
+          *(f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" for m in keys),
           f"{r['wall_min_mean']:.1f}", r["flags"]] for r in summary],
     )  # fmt: skip
     missing = len(specs) - len(rows)
@@ -88,24 +89,27 @@ def collect_comparison(study_dir: str | Path) -> dict:
     if missing:
         text += f"\n{missing} of {len(specs)} runs have not finished; rows cover the finished ones.\n"
     write_text_atomic(study_dir / "compare_table.md", text)
-    _plot_bars(summary, study_dir / "compare_bars.png", f"{record['bundle']} ({pooled}, mean ± std over seeds)")
+    _plot_bars(
+        summary, keys[:2], study_dir / "compare_bars.png", f"{record['bundle']} ({pooled}, mean ± std over seeds)"
+    )
     result = {"study_dir": str(study_dir), "runs": rows, "summary": summary, "missing": missing}
     save_json(result, study_dir / "compare_summary.json")
     print(text)
     return result
 
 
-def _plot_bars(summary: Sequence[dict], path: Path, title: str) -> Path:
+def _plot_bars(summary: Sequence[dict], keys: Sequence[str], path: Path, title: str) -> Path:
     fig = Figure(figsize=(max(6.0, 0.9 * len(summary) + 2), 4.0))
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(summary))
-    width = 0.38
-    for j, (metric, label) in enumerate((("accuracy", "accuracy"), ("auc", "AUC"))):
+    width = 0.76 / len(keys)
+    for j, metric in enumerate(keys):
         means = [r[f"{metric}_mean"] for r in summary]
         stds = [r[f"{metric}_std"] for r in summary]
-        ax.bar(x + (j - 0.5) * width, means, width, yerr=stds, capsize=3, label=label)
+        offset = (j - (len(keys) - 1) / 2) * width
+        ax.bar(x + offset, means, width, yerr=stds, capsize=3, label=LABELS[metric])
     ax.set_xticks(x, [r["label"] for r in summary], rotation=30, ha="right")
-    low = min(min(r["accuracy_mean"], r["auc_mean"]) for r in summary)
+    low = min(r[f"{m}_mean"] for r in summary for m in keys)
     ax.set_ylim(max(0.0, low - 0.15), 1.0)
     ax.set_ylabel("test metric")
     ax.set_title(title)

@@ -16,9 +16,10 @@ from medtransfer.atomic import write_csv_atomic
 from medtransfer.metrics import mean_std
 from medtransfer.workflows.study import RunSpec, finished_runs, read_study
 
-__all__ = ["CHANCE_AUC", "METRICS", "finished_outcomes", "group_rows", "run_outcome", "write_rows"]
+__all__ = ["CHANCE_AUC", "METRICS", "finished_outcomes", "group_rows", "metric_keys", "run_outcome", "write_rows"]
 
-METRICS = ("accuracy", "auc", "macro_f1")
+METRICS = ("accuracy", "auc", "macro_f1", "mean_dice")  # classification, then segmentation (LiTS)
+LABELS = {"accuracy": "accuracy", "auc": "AUC", "macro_f1": "macro-F1", "mean_dice": "mean Dice"}
 CHANCE_AUC = 0.6  # a selected checkpoint whose validation AUC is at most this is "near chance"
 
 
@@ -34,13 +35,12 @@ def run_outcome(study_dir: Path, spec: RunSpec, done: dict) -> dict:
     row = {"run": spec.name, "label": spec.label, "strategy": spec.strategy, "seed": spec.seed, **spec.extra,
            "wall_min": round(done["wall_s"] / 60, 2)}  # fmt: skip
     if spec.folds:
-        summary = json.loads((run_dir / "cv_summary.json").read_text())["frame"]
-        row.update({m: float(summary.get(m, math.nan)) for m in METRICS})
+        metrics = json.loads((run_dir / "cv_summary.json").read_text())["frame"]
         histories = sorted(run_dir.glob("fold*/history.json"))
     else:
         metrics = json.loads((run_dir / "test_metrics.json").read_text())
-        row.update({m: float(metrics.get(m, math.nan)) for m in METRICS})
         histories = [run_dir / "history.json"]
+    row.update({m: float(metrics[m]) for m in METRICS if m in metrics})
     selections = [_selection(h) for h in histories if h.is_file()]
     flags = []
     if any(epoch == 1 for epoch, _, _ in selections):
@@ -53,6 +53,11 @@ def run_outcome(study_dir: Path, spec: RunSpec, done: dict) -> dict:
     return row
 
 
+def metric_keys(rows: Sequence[dict]) -> list[str]:
+    """The test metrics every row has (accuracy, AUC, macro-F1 for classification; mean Dice for segmentation)."""
+    return [m for m in METRICS if all(m in r for r in rows)]
+
+
 def group_rows(rows: Sequence[dict], by: Sequence[str] = ("label",)) -> list[dict]:
     """mean and std over the runs sharing `by` (seeds or folds), in first-seen order, with the runs' flags."""
     groups: dict[tuple, list[dict]] = {}
@@ -63,7 +68,7 @@ def group_rows(rows: Sequence[dict], by: Sequence[str] = ("label",)) -> list[dic
         entry = dict(zip(by, key, strict=True))
         entry["n"] = len(members)
         entry["seeds"] = " ".join(str(r["seed"]) for r in members)
-        for m in (*METRICS, "wall_min"):
+        for m in (*metric_keys(rows), "wall_min"):
             entry[f"{m}_mean"], entry[f"{m}_std"] = mean_std([r[m] for r in members])
         flagged = [f"{r['seed']}: {r['flags']}" for r in members if r["flags"]]
         entry["flags"] = " | ".join(f"seed {f}" for f in flagged)

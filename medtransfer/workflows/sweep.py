@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from medtransfer.atomic import write_text_atomic
 from medtransfer.report import markdown_table, save_figure, save_json
-from medtransfer.workflows.outcomes import finished_outcomes, group_rows, run_outcome, write_rows
+from medtransfer.workflows.outcomes import LABELS, finished_outcomes, group_rows, metric_keys, run_outcome, write_rows
 from medtransfer.workflows.study import Placement, RunSpec, launch_study
 
 __all__ = ["backbone_group_names", "collect_sweep", "run_bidirectional_sweep", "sweep_specs"]
@@ -64,7 +64,8 @@ def sweep_specs(
 
 
 def _sweep_line(spec: RunSpec, study_dir: Path, done: dict) -> str:
-    return f"test AUC {run_outcome(study_dir, spec, done)['auc']:.3f}"
+    row = run_outcome(study_dir, spec, done)
+    return ", ".join(f"test {LABELS[m]} {row[m]:.3f}" for m in metric_keys([row]))
 
 
 def run_bidirectional_sweep(
@@ -99,11 +100,15 @@ def collect_sweep(study_dir: str | Path, metric: str = "auc") -> dict:
     backbone = record["settings"]["backbone_groups"]
     write_rows(study_dir / "sweep.csv", rows)
     summary = group_rows(rows, by=("direction", "k", "trainable"))
+    keys = metric_keys(rows)
+    if metric not in keys:  # e.g. a segmentation sweep: plot its mean Dice
+        metric = keys[0]
     pooled = "pooled test folds" if record["settings"].get("folds") else "test split"
     table = markdown_table(
-        ["direction", "k", "trainable groups (+ head)", "runs", f"accuracy ({pooled})", "AUC", "wall (min)", "flags"],
+        ["direction", "k", "trainable groups (+ head)", "runs", *(f"{LABELS[m]} ({pooled})" for m in keys), "wall (min)",
+         "flags"],
         [[r["direction"], r["k"], r["trainable"] or "(head only)", r["n"],
-          f"{r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f}", f"{r['auc_mean']:.3f} ± {r['auc_std']:.3f}",
+          *(f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" for m in keys),
           f"{r['wall_min_mean']:.1f}", r["flags"]] for r in sorted(summary, key=lambda r: (r["direction"], r["k"]))],
     )  # fmt: skip
     text = (f"# Bi-directional fine-tuning: {record['bundle']}\n\nBackbone groups (input → head): "
@@ -137,7 +142,7 @@ def _plot_sweep(lines: dict, summary: Sequence[dict], metric: str, depth: int, p
         if k in ends:
             ax.axhline(ends[k][f"{metric}_mean"], color=colour, linestyle=":", linewidth=1, label=name)
     ax.set_xlabel("k (trainable backbone groups, besides the head)")
-    ax.set_ylabel(f"test {metric} (mean ± std)")
+    ax.set_ylabel(f"test {LABELS[metric]} (mean ± std)")
     ax.set_xticks(range(depth + 1))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
