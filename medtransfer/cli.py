@@ -94,6 +94,84 @@ def _cv(args: argparse.Namespace) -> None:
     )
 
 
+def _placement(args: argparse.Namespace):
+    from medtransfer.workflows.study import Placement
+
+    devices = args.devices.split(",") if args.devices else None
+    return Placement(name=args.name, runs_dir=args.runs_dir, shard=args.shard, devices=devices)
+
+
+def _seed_list(args: argparse.Namespace) -> list[int]:
+    return list(range(args.seeds)) if args.seed is None else list(args.seed)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    import logging
+
+    from medtransfer.launch import parse_overrides
+    from medtransfer.workflows.compare import collect_comparison, run_comparison
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.collect:
+        if not args.study:
+            raise SystemExit("medtransfer compare --collect needs the comparison folder: --collect --study DIR")
+        collect_comparison(args.study)
+        return
+    if not args.bundle:
+        raise SystemExit("medtransfer compare needs --bundle NAME (an installed bundle or a bundle folder)")
+    run_comparison(
+        args.bundle, strategies=[s for s in args.strategies.split(",") if s], seeds=_seed_list(args),
+        folds=args.folds, overrides=parse_overrides(args.overrides), placement=_placement(args),
+    )  # fmt: skip
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    import logging
+
+    from medtransfer.launch import parse_overrides
+    from medtransfer.workflows.sweep import collect_sweep, run_bidirectional_sweep
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.collect:
+        if not args.study:
+            raise SystemExit("medtransfer sweep bidirectional --collect needs the sweep folder: --collect --study DIR")
+        collect_sweep(args.study, metric=args.metric)
+        return
+    if not args.bundle:
+        raise SystemExit("medtransfer sweep bidirectional needs --bundle NAME (an installed bundle or a bundle folder)")
+    run_bidirectional_sweep(
+        args.bundle, seeds=_seed_list(args), folds=args.folds, overrides=parse_overrides(args.overrides),
+        placement=_placement(args),
+    )  # fmt: skip
+
+
+def _study_options(p: argparse.ArgumentParser, default_seeds: int) -> None:
+    """The options every multi-run study shares: seeds or folds, where, slices, devices, collect."""
+    p.add_argument("--bundle", default=None, help="an installed bundle name or a bundle folder (required unless --collect)")
+    p.add_argument("--seeds", type=int, default=default_seeds, help="run seeds 0 .. N-1")
+    p.add_argument("--seed", type=int, action="append", default=None, help="run exactly this seed (repeat)")
+    p.add_argument("--folds", type=int, default=None,
+                   help="cross-validate every run over this many patient-grouped test folds (POCUS) instead of one "
+                   "train/val/test split")  # fmt: skip
+    p.add_argument("--name", default=None, help="study folder name (default: a timestamp); rerun with it to resume")
+    p.add_argument("--runs-dir", default=None, help="parent folder (default runs/<bundle name>)")
+    p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="run only the I-th of N slices (1-based), e.g. from a cluster job array")  # fmt: skip
+    p.add_argument("--devices", default=None, metavar="0,1,...",
+                   help="run slices in parallel, one process per CUDA device")  # fmt: skip
+    p.add_argument("--collect", action="store_true", help="only build the table and plot from finished runs")
+    p.add_argument("--study", default=None, help="with --collect: the study folder")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from medtransfer.workflows.study import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _pocus_frames(args: argparse.Namespace) -> None:
     from medtransfer.data.pocus_datalist import extract_pocus_frames
 
@@ -318,6 +396,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, action="append", default=None, help="run only this fold now (repeat)")
     p.set_defaults(func=_cv)
 
+    p = sub.add_parser(
+        "compare",
+        help="which fine-tuning strategy works for this data: every strategy x seeds, a table and a bar plot",
+        epilog="Further --key value pairs are bundle overrides for every run, e.g. --epochs 20 --arch "
+        "efficientnet_lite0 --pretrained imagenet",
+        allow_abbrev=False,
+    )
+    from medtransfer.workflows.compare import DEFAULT_STRATEGIES
+
+    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                   help="comma-separated strategy fragments (names or .json files)")  # fmt: skip
+    _study_options(p, default_seeds=3)
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser("sweep", help="multi-run sweeps of a bundle")
+    kinds = p.add_subparsers(dest="sweep", required=True)
+    q = kinds.add_parser(
+        "bidirectional",
+        help="fine-tune only the first k or only the last k layer groups, k = 0 .. L: which layers must move",
+        epilog="Further --key value pairs are bundle overrides for every run",
+        allow_abbrev=False,
+    )
+    _study_options(q, default_seeds=1)
+    q.add_argument("--metric", default="auc", choices=("auc", "accuracy", "macro_f1", "mean_dice"), help="the metric plotted")
+    q.set_defaults(func=_sweep)
+
     p = sub.add_parser("pocus-frames", help="decode POCUS clips into patient-grouped fold folders of PNG frames")
     p.add_argument("dataset_dir", help="folder holding pocus_videos/")
     p.add_argument("out_dir", help="new folder: <out>/fold<i>/<class>/<clip>_<frame>.png")
@@ -413,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     _apply_plot_options(args)
-    if args.command in ("cv", "run") or getattr(args, "step", None) in ("pretrain", "finetune"):
+    if args.command in ("cv", "run", "compare", "sweep") or getattr(args, "step", None) in ("pretrain", "finetune"):
         args.overrides = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -19,3 +19,7 @@ class RunDirectoryError(MedTransferError, FileExistsError):
 
 class BundleError(MedTransferError, ValueError):
     """A bundle or strategy name that does not exist, or a folder that is not a bundle."""
+
+
+class StrategyError(MedTransferError, ValueError):
+    """A fine-tuning strategy's settings do not fit the network (a group it does not have, a k beyond its depth)."""

@@ -27,7 +27,7 @@ from medtransfer.layers import LayerGroup
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-RULES = ("multiplicative", "additive")
+RULES = ("multiplicative", "additive", "normalized")
 
 
 @contextlib.contextmanager
@@ -68,8 +68,12 @@ def hypergradient_from_grads(
     grads: Sequence[Sequence[torch.Tensor | None]],
     forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     loss_scale: float = 1.0,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """∂L_val/∂α_j for every group, given the training gradients `grads` (per group, aligned with `group.params`).
+
+    With `normalize` each entry is divided by ‖h_j‖·‖g_j‖ (h = ∇_{θ̂}L_val): −cos(h_j, g_j), free of the gradients'
+    scale (0 for a group whose h or g is zero).
 
     This is the piece a trainer calls between its backward pass and its optimizer step, reusing the gradients it
     already has. `forward_context` wraps the validation forward (e.g. autocast) and `loss_scale` scales the validation
@@ -86,12 +90,16 @@ def hypergradient_from_grads(
     train_grads = [g for group_pairs in pairs for _, g in group_pairs]
     owner = [j for j, group_pairs in enumerate(pairs) for _ in group_pairs]
     dots = torch.zeros(len(params), dtype=torch.float64, device=params[0].device)  # stays on device: no syncs
+    val_sq = torch.zeros_like(dots)
 
     def consume(k: int):
         # ⟨h, g⟩ for one parameter as soon as its validation gradient h is complete; then h is dropped, so the
         # validation backward never holds a second full set of gradients
         def hook(param: torch.Tensor) -> None:
-            dots[k] = torch.dot(param.grad.reshape(-1), train_grads[k].reshape(-1)).double()
+            h = param.grad.reshape(-1)
+            dots[k] = torch.dot(h, train_grads[k].reshape(-1)).double()
+            if normalize:
+                val_sq[k] = torch.dot(h, h).double()
             param.grad = None
 
         return hook
@@ -112,8 +120,13 @@ def hypergradient_from_grads(
             for p, grad in zip(params, held, strict=True):
                 p.grad = grad
             _shift(pairs, lr_values, +1.0)  # back to θ
-    hyper = torch.zeros(len(groups), dtype=torch.float64, device=dots.device)
-    hyper.index_add_(0, torch.tensor(owner, dtype=torch.long, device=dots.device), dots)
+    index = torch.tensor(owner, dtype=torch.long, device=dots.device)
+    hyper = torch.zeros(len(groups), dtype=torch.float64, device=dots.device).index_add_(0, index, dots)
+    if normalize:  # the loss scale cancels in the cosine
+        train_sq = torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)).double() for g in train_grads])
+        norms = torch.zeros_like(hyper).index_add_(0, index, val_sq).sqrt()
+        norms *= torch.zeros_like(hyper).index_add_(0, index, train_sq).sqrt()
+        return torch.where(norms > 0, -hyper / norms.clamp_min(1e-300), torch.zeros_like(hyper)).cpu()
     return (-hyper / loss_scale).cpu()
 
 
@@ -163,7 +176,8 @@ def metalr_step(
     with torch.profiler.record_function("hypergradient"):
         grads = [[p.grad for p in group.params] for group in metalr.groups]
         hyper = hypergradient_from_grads(
-            model, loss_fn, val_batch, metalr.lrs, metalr.groups, grads, forward_context, loss_scale
+            model, loss_fn, val_batch, metalr.lrs, metalr.groups, grads, forward_context, loss_scale,
+            normalize=metalr.rule == "normalized",
         )
     with torch.profiler.record_function("metalr_update"):
         metalr.update(hyper, epoch)
@@ -182,7 +196,11 @@ class MetaLR:
         base_lr: the head's initial LR; backbone groups start at ``backbone_scale * base_lr`` (as published)
             unless `init_lrs` gives every group's initial LR.
         hyper_lr: η, the step size on the LRs.
-        rule: ``"multiplicative"`` (published code: α ← α(1 − η·∂L/∂α)) or ``"additive"`` (paper: α ← α − η·∂L/∂α).
+        rule: ``"multiplicative"`` (published code: α ← α(1 − η·∂L/∂α)), ``"additive"`` (paper: α ← α − η·∂L/∂α),
+            or ``"normalized"``, this toolkit's scale-free variant: α_j ← α_j·exp(η·cos(h_j, g_j)) with h the
+            validation gradient at θ̂. The published rules step by a product of two gradient norms, which on a
+            fresh head drives the first groups' LRs from bound to bound within a few iterations; the cosine is in
+            [−1, 1] whatever the scale, so η bounds each step's relative change to e^{±η}.
         bounds: LRs are clamped to this interval after every update.
         pinned: names of groups whose LR stays at its initial value during the first `pin_epochs` epochs
             (default: the head, the last group, for 5 epochs, as published).
@@ -259,6 +277,8 @@ class MetaLR:
         lrs = self.lrs
         if self.rule == "multiplicative":
             new = lrs * (1 - self.hyper_lr * hypergrad)
+        elif self.rule == "normalized":  # hypergrad is −cos(h, g) here (metalr_step asks for it normalised)
+            new = lrs * torch.exp(-self.hyper_lr * hypergrad)
         else:
             new = lrs - self.hyper_lr * hypergrad
         new = new.clamp(*self.bounds)

@@ -113,7 +113,7 @@ def test_tracking_mlflow_logs_metrics_params_and_group_lrs(tmp_path, demo_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics, params = _mlflow_metrics(tmp_path / "runs" / "m1" / "mlruns.db")
     assert {"train_loss", "val_auc", "lr_group_0", "lr_group_9"} <= metrics
-    assert params.get("seed") == "0" and params.get("strategy") == "plain"
+    assert params.get("seed") == "0" and params.get("strategy") == "full"
 
     # the MONAI user's own form: python -m monai.bundle run --tracking mlflow on a brand-new run name
     config = str(bundle_path("busi_classification") / "configs" / "train.json")

@@ -95,8 +95,8 @@ class MetaLRHandler:
 class LRRecorder:
     """Every layer group's LR at every iteration: TensorBoard scalars, ``lr_history.csv`` and ``lr_curves.png``.
 
-    It reads the optimizer's parameter groups after each step, so it records plain schedules and MetaLR's learned
-    LRs alike (MetaLR writes its LRs into the same groups). On resume it reads back the rows of the iterations already
+    It reads the optimizer's parameter groups after each step, so it records plain schedules, MetaLR's learned LRs
+    (MetaLR writes its LRs into the same groups) and every strategy's layout alike (:meth:`effective_lrs`). On resume it reads back the rows of the iterations already
     trained from ``lr_history.csv`` (as TrainingHistory does with ``history.json``), so the files cover the whole run
     and it needs no place in the checkpoint (nor a reference in the handler list, which MONAI's property check
     cannot read); they are rewritten atomically at each epoch end.
@@ -105,13 +105,25 @@ class LRRecorder:
     def __init__(self, output_dir: str, optimizer: torch.optim.Optimizer, groups: Sequence, tensorboard: bool = True):
         self.output_dir, self.optimizer, self.groups = Path(output_dir), optimizer, groups
         self.tensorboard = tensorboard
-        if len(optimizer.param_groups) != len(groups):
-            raise ValueError(
-                f"LRRecorder: the optimizer has {len(optimizer.param_groups)} parameter groups but there are "
-                f"{len(groups)} layer groups; build the optimizer with medtransfer.layers.param_groups"
-            )
         self.history: list[list[float]] = []
         self._writer = None
+
+    def effective_lrs(self) -> list[float]:
+        """Each layer group's LR: the size-weighted mean over its trainable tensors, 0 for a frozen group.
+
+        Strategies may give a layer group several optimizer groups (LLRD splits off the tensors without weight
+        decay, Auto-RGN has one per tensor), so the LR is read per tensor, not per optimizer group.
+        """
+        rate = {id(p): float(g["lr"]) for g in self.optimizer.param_groups for p in g["params"]}
+        result = []
+        for group in self.groups:
+            moving = [(p.numel(), rate[id(p)]) for p in group.params if p.requires_grad and id(p) in rate]
+            size = sum(n for n, _ in moving)
+            if len({lr for _, lr in moving}) == 1:
+                result.append(moving[0][1])  # one LR for the whole group (exact, no rounding of a mean)
+            else:
+                result.append(sum(n * lr for n, lr in moving) / size if size else 0.0)
+        return result
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._restore)
@@ -127,7 +139,7 @@ class LRRecorder:
             self.history = [[float(v) for v in row[1:]] for row in rows if int(row[0]) <= engine.state.iteration]
 
     def _record(self, engine: Engine) -> None:
-        lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        lrs = self.effective_lrs()
         self.history.append(lrs)
         if not self.tensorboard:
             return
