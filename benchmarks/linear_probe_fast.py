@@ -11,7 +11,7 @@ Example (BreastMNIST, ImageNet EfficientNet-Lite0, 64 px, 10 epochs)::
 
     .venv/bin/python benchmarks/linear_probe_fast.py --epochs 10 --json /tmp/lp_fast.json
 
-Target (reported, not asserted): speed-up >= 3 at 10 epochs.
+Target (reported, not asserted): speed-up >= 3 at 10 epochs (measured: 2.4 on 2 CPU cores, README).
 """
 
 from __future__ import annotations
