@@ -105,44 +105,36 @@ def _seed_list(args: argparse.Namespace) -> list[int]:
     return list(range(args.seeds)) if args.seed is None else list(args.seed)
 
 
-def _compare(args: argparse.Namespace) -> None:
+def _study(args: argparse.Namespace, what: str, collect, run, **options) -> None:
+    """The shared body of ``compare`` and ``sweep bidirectional``: collect a finished study, or run (continue) one."""
     import logging
 
     from medtransfer.launch import parse_overrides
-    from medtransfer.workflows.compare import collect_comparison, run_comparison
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.collect:
         if not args.study:
-            raise SystemExit("medtransfer compare --collect needs the comparison folder: --collect --study DIR")
-        collect_comparison(args.study)
+            raise SystemExit(f"medtransfer {what} --collect needs the study folder: --collect --study DIR")
+        collect(args.study)
         return
     if not args.bundle:
-        raise SystemExit("medtransfer compare needs --bundle NAME (an installed bundle or a bundle folder)")
-    run_comparison(
-        args.bundle, strategies=[s for s in args.strategies.split(",") if s], seeds=_seed_list(args),
-        folds=args.folds, overrides=parse_overrides(args.overrides), placement=_placement(args),
-    )  # fmt: skip
+        raise SystemExit(f"medtransfer {what} needs --bundle NAME (an installed bundle or a bundle folder)")
+    run(args.bundle, seeds=_seed_list(args), folds=args.folds, overrides=parse_overrides(args.overrides),
+        placement=_placement(args), **options)  # fmt: skip
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from medtransfer.workflows.compare import collect_comparison, run_comparison
+
+    strategies = [s for s in args.strategies.split(",") if s]
+    _study(args, "compare", collect_comparison, run_comparison, strategies=strategies)
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    import logging
-
-    from medtransfer.launch import parse_overrides
     from medtransfer.workflows.sweep import collect_sweep, run_bidirectional_sweep
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    if args.collect:
-        if not args.study:
-            raise SystemExit("medtransfer sweep bidirectional --collect needs the sweep folder: --collect --study DIR")
-        collect_sweep(args.study, metric=args.metric)
-        return
-    if not args.bundle:
-        raise SystemExit("medtransfer sweep bidirectional needs --bundle NAME (an installed bundle or a bundle folder)")
-    run_bidirectional_sweep(
-        args.bundle, seeds=_seed_list(args), folds=args.folds, overrides=parse_overrides(args.overrides),
-        placement=_placement(args),
-    )  # fmt: skip
+    _study(args, "sweep bidirectional", lambda study: collect_sweep(study, metric=args.metric),
+           run_bidirectional_sweep)  # fmt: skip
 
 
 def _study_options(p: argparse.ArgumentParser, default_seeds: int) -> None:

@@ -26,7 +26,7 @@ from medtransfer.errors import RunDirectoryError
 from medtransfer.launch import parse_overrides  # noqa: F401  (re-exported: cv's override reader)
 from medtransfer.metrics import classification_report, confusion_report, mean_std
 from medtransfer.report import markdown_table, plot_confusion_matrix, save_json
-from medtransfer.runs import checkpoint_epoch, run_bundle_workflow, timestamp
+from medtransfer.runs import timestamp, train_then_evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +71,6 @@ def once_per_message(names: Sequence[str] = REPEATING_LOGGERS) -> Iterator[OnceP
     finally:
         for lg in loggers:
             lg.removeFilter(once)
-
-
-def _training_finished(fold_dir: Path) -> bool:
-    """True when the fold's newest epoch checkpoint is its last epoch; a fold with nothing to resume is an error."""
-    info = fold_dir / "run_info.json"
-    epoch = checkpoint_epoch(fold_dir)
-    if not info.is_file() or epoch == 0:
-        raise RunDirectoryError(
-            f"{fold_dir} exists but holds no run_info.json or epoch checkpoint to resume from; delete it and run again"
-        )
-    return epoch >= int(json.loads(info.read_text())["settings"]["epochs"])
 
 
 def run_cross_validation(
@@ -145,14 +134,8 @@ def _run_fold(
         logger.info(f"fold {fold + 1}/{folds}: already evaluated, kept")
         return
     run = {**settings, "fold": fold, "runs_dir": str(cv_dir), "run_name": f"fold{fold}"}
-    if not fold_dir.exists():
-        logger.info(f"fold {fold + 1}/{folds}: training -> {fold_dir}")
-        run_bundle_workflow(train_configs, run)
-    elif not _training_finished(fold_dir):
-        logger.info(f"fold {fold + 1}/{folds}: resuming training from epoch {checkpoint_epoch(fold_dir)}")
-        run_bundle_workflow(train_configs, {**run, "resume": True})
-    logger.info(f"fold {fold + 1}/{folds}: evaluating on the held-out test fold")
-    run_bundle_workflow([*train_configs, evaluate_config], run)
+    logger.info(f"fold {fold + 1}/{folds}: train (or resume) -> {fold_dir}, then test on the held-out fold")
+    train_then_evaluate(fold_dir, train_configs, [*train_configs, evaluate_config], run)
 
 
 def _read_predictions(path: Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

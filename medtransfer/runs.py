@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import platform
 import re
 import subprocess
@@ -19,6 +20,8 @@ from medtransfer.errors import RunDirectoryError
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 # the copy of the executed config that `monai.bundle run --tracking mlflow` writes into the run folder first
 TRACKING_CONFIG_COPY = re.compile(r"config_\d{8}_\d{6}\.json$")
+
+logger = logging.getLogger(__name__)
 
 
 def timestamp() -> str:
@@ -183,3 +186,38 @@ def run_bundle_workflow(
     workflow.run()
     workflow.finalize()
     return workflow
+
+
+def training_finished(run_dir: Path) -> bool:
+    """True when the run's newest epoch checkpoint is its last epoch; a run with nothing to resume is an error."""
+    from medtransfer.errors import RunDirectoryError
+
+    info = Path(run_dir) / "run_info.json"
+    epoch = checkpoint_epoch(run_dir)
+    if not info.is_file() or epoch == 0:
+        raise RunDirectoryError(
+            f"{run_dir} exists but holds no run_info.json or epoch checkpoint to resume from; delete it and run again"
+        )
+    return epoch >= int(json.loads(info.read_text())["settings"]["epochs"])
+
+
+def train_then_evaluate(
+    run_dir: Path, train_configs: list[str | Path], evaluate_configs: list[str | Path], settings: dict
+) -> str:
+    """Train a run (or resume it from its last epoch checkpoint, or skip a finished training), then evaluate it.
+
+    ``settings`` must put the run in ``run_dir`` (``runs_dir`` and ``run_name``). Returns ``"new"``, ``"resumed"`` or
+    ``"trained"`` (training had finished; only the evaluation ran), for the caller's log.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        attempt = "new"
+        run_bundle_workflow(train_configs, settings)
+    elif not training_finished(run_dir):
+        attempt = "resumed"
+        logger.info(f"{run_dir}: resuming training from epoch {checkpoint_epoch(run_dir)}")
+        run_bundle_workflow(train_configs, {**settings, "resume": True})
+    else:
+        attempt = "trained"
+    run_bundle_workflow(evaluate_configs, settings)
+    return attempt

@@ -96,8 +96,8 @@ class LRRecorder:
     """Every layer group's LR at every iteration: TensorBoard scalars, ``lr_history.csv`` and ``lr_curves.png``.
 
     It reads the optimizer's parameter groups after each step, so it records plain schedules, MetaLR's learned LRs
-    (MetaLR writes its LRs into the same groups) and every strategy's layout alike (:meth:`effective_lrs`). On resume it reads back the rows of the iterations already
-    trained from ``lr_history.csv`` (as TrainingHistory does with ``history.json``), so the files cover the whole run
+    (MetaLR writes its LRs into the same groups) and every strategy's layout alike (:meth:`effective_lrs`). On resume
+    it reads back the rows of the iterations already trained from ``lr_history.csv`` (as TrainingHistory does with ``history.json``), so the files cover the whole run
     and it needs no place in the checkpoint (nor a reference in the handler list, which MONAI's property check
     cannot read); they are rewritten atomically at each epoch end.
     """
@@ -107,6 +107,9 @@ class LRRecorder:
         self.tensorboard = tensorboard
         self.history: list[list[float]] = []
         self._writer = None
+        # which optimizer group holds each tensor: fixed once the optimizer exists, so looked up once, not per step
+        where = {id(p): j for j, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        self._layout = [[(p, p.numel(), where[id(p)]) for p in group.params if id(p) in where] for group in groups]
 
     def effective_lrs(self) -> list[float]:
         """Each layer group's LR: the size-weighted mean over its trainable tensors, 0 for a frozen group.
@@ -114,10 +117,10 @@ class LRRecorder:
         Strategies may give a layer group several optimizer groups (LLRD splits off the tensors without weight
         decay, Auto-RGN has one per tensor), so the LR is read per tensor, not per optimizer group.
         """
-        rate = {id(p): float(g["lr"]) for g in self.optimizer.param_groups for p in g["params"]}
+        lr = [float(g["lr"]) for g in self.optimizer.param_groups]
         result = []
-        for group in self.groups:
-            moving = [(p.numel(), rate[id(p)]) for p in group.params if p.requires_grad and id(p) in rate]
+        for tensors in self._layout:
+            moving = [(n, lr[j]) for p, n, j in tensors if p.requires_grad]
             size = sum(n for n, _ in moving)
             if len({lr for _, lr in moving}) == 1:
                 result.append(moving[0][1])  # one LR for the whole group (exact, no rounding of a mean)

@@ -150,24 +150,15 @@ def finished_runs(study_dir: Path, specs: Sequence[RunSpec]) -> dict[str, dict]:
     return done
 
 
-def _train_finished(run_dir: Path) -> bool:
-    from medtransfer.runs import checkpoint_epoch
-
-    info = run_dir / "run_info.json"
-    if not info.is_file() or checkpoint_epoch(run_dir) == 0:
-        return False
-    return checkpoint_epoch(run_dir) >= int(json.loads(info.read_text())["settings"]["epochs"])
-
-
 def execute(bundle: str, spec: RunSpec, study_dir: Path) -> dict:
     """Train (or resume) and test one run, or run its cross-validation; write and return its ``study_run.json``."""
     from medtransfer.bundling import bundle_path
     from medtransfer.cv import run_cross_validation
     from medtransfer.launch import config_files
-    from medtransfer.runs import checkpoint_epoch, run_bundle_workflow
+    from medtransfer.runs import train_then_evaluate
 
     run_dir = study_dir / spec.name
-    started, attempt = time.time(), "new"
+    started = time.time()
     if spec.folds:
         attempt = "resumed" if run_dir.exists() else "new"
         overrides = {**spec.overrides, "seed": spec.seed}
@@ -176,17 +167,7 @@ def execute(bundle: str, spec: RunSpec, study_dir: Path) -> dict:
     else:
         settings = {**spec.overrides, "seed": spec.seed, "runs_dir": str(study_dir), "run_name": spec.name}
         train = config_files(bundle, [spec.strategy], "train")
-        if run_dir.exists() and checkpoint_epoch(run_dir) == 0:
-            raise RunDirectoryError(
-                f"{run_dir} exists but holds no epoch checkpoint to resume from (it crashed before its first epoch "
-                "ended); delete that folder and run again"
-            )
-        if not run_dir.exists():
-            run_bundle_workflow(train, settings)
-        elif not _train_finished(run_dir):
-            attempt = "resumed"
-            run_bundle_workflow(train, {**settings, "resume": True})
-        run_bundle_workflow(config_files(bundle, [spec.strategy], "evaluate"), settings)
+        attempt = train_then_evaluate(run_dir, train, config_files(bundle, [spec.strategy], "evaluate"), settings)
     record = {"name": spec.name, "label": spec.label, "seed": spec.seed, "wall_s": round(time.time() - started, 1),
               "attempt": attempt, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
     write_text_atomic(run_dir / DONE_FILE, json.dumps(record, indent=2) + "\n")
