@@ -1,5 +1,6 @@
-"""Checkpoint loading: heads are replaced, everything else must fit exactly, bad files are named."""
+"""Checkpoint loading (heads replaced, everything else must fit exactly, bad files named) and network placement."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,13 @@ import torch
 import torchvision
 
 from medtransfer.errors import CheckpointError
-from medtransfer.models import build_classifier, load_pretrained, read_state_dict, strip_wrapper_prefix
+from medtransfer.models import (
+    build_classifier,
+    load_pretrained,
+    place_network,
+    read_state_dict,
+    strip_wrapper_prefix,
+)
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +144,35 @@ def test_uscl_style_checkpoint_maps_by_order(imagenet_like, tmp_path):
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), short)
     with pytest.raises(CheckpointError, match="backbone tensors"):
         load_pretrained(build_classifier("resnet18", num_classes=3), short, key_map="order")
+
+
+def test_place_network_changes_layout_not_values():
+    torch.manual_seed(0)
+    reference = build_classifier("resnet18", num_classes=3)
+    placed = place_network(copy.deepcopy(reference), "cpu", channels_last=True)
+    conv_weight = placed.conv1.weight
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last) and not conv_weight.is_contiguous()
+    assert torch.equal(conv_weight, reference.conv1.weight)
+    images = torch.randn(4, 3, 32, 32)  # NCHW input, as the data loader gives it
+    reference.eval(), placed.eval()
+    torch.testing.assert_close(placed(images), reference(images), rtol=1e-4, atol=1e-5)
+
+
+def test_place_network_one_training_step_matches_nchw():
+    torch.manual_seed(0)
+    reference = build_classifier("resnet18", num_classes=2)
+    placed = place_network(copy.deepcopy(reference), "cpu", channels_last=True)
+    images, labels = torch.randn(8, 3, 32, 32), torch.tensor([0, 1] * 4)
+    for model in (reference, placed):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    for (name, before), after in zip(reference.state_dict().items(), placed.state_dict().values(), strict=True):
+        torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_place_network_leaves_3d_networks_and_opt_out_alone():
+    volumetric = place_network(torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3)), "cpu")
+    assert volumetric[0].weight.is_contiguous()
+    planar = place_network(build_classifier("resnet18", num_classes=2), "cpu", channels_last=False)
+    assert planar.conv1.weight.is_contiguous()
