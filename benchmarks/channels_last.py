@@ -38,7 +38,11 @@ def timed_training(channels_last: bool, settings: dict, runs_dir: Path) -> dict:
     run_bundle_workflow([configs / "train.json", strategy_path("full")], run)
     train_s = time.perf_counter() - started
     last = json.loads((runs_dir / name / "history.json").read_text())["epochs"][-1]
-    return {"train_s": round(train_s, 2), "last_train_loss": last.get("train_loss"), "last_val_auc": last.get("val_auc")}
+    return {
+        "train_s": round(train_s, 2),
+        "last_train_loss": last.get("train_loss"),
+        "last_val_auc": last.get("val_auc"),
+    }
 
 
 def main() -> None:
