@@ -137,13 +137,13 @@ def test_devices_run_one_worker_process_per_device_each_with_its_slice(tmp_path,
     assert json.loads((study / "compare_summary.json").read_text())["missing"] == 0
 
 
-def _fake_run(study, name, metrics, best_epoch, val_auc, wall_s=60.0):
+def _fake_run(study, name, metrics, best_epoch, val_auc, wall_s=60.0, attempt="new"):
     run = study / name
     run.mkdir(parents=True)
     (run / "test_metrics.json").write_text(json.dumps(metrics))
     best = {"epoch": best_epoch, "val_auc": val_auc}
     (run / "history.json").write_text(json.dumps({"epochs": [best], "best": best, "key_metric": "auc"}))
-    (run / "study_run.json").write_text(json.dumps({"wall_s": wall_s}))
+    (run / "study_run.json").write_text(json.dumps({"wall_s": wall_s, "attempt": attempt}))
 
 
 def test_table_flags_first_epoch_and_near_chance_selections_and_reads_segmentation_runs(tmp_path):
@@ -155,12 +155,13 @@ def test_table_flags_first_epoch_and_near_chance_selections_and_reads_segmentati
     values = {"full_seed0": (0.80, 0.90, 5, 0.95), "full_seed1": (0.70, 0.86, 1, 0.91),
               "bss_seed0": (0.60, 0.70, 4, 0.55), "bss_seed1": (0.65, 0.72, 6, 0.80)}  # fmt: skip
     for name, (acc, auc, epoch, val) in values.items():
-        _fake_run(study, name, {"accuracy": acc, "auc": auc, "macro_f1": acc - 0.1}, epoch, val, wall_s=90)
+        attempt = "resumed" if name == "bss_seed1" else "new"
+        _fake_run(study, name, {"accuracy": acc, "auc": auc, "macro_f1": acc - 0.1}, epoch, val, 90, attempt)
     result = collect_comparison(study)
     rows = {r["label"]: r for r in result["summary"]}
     assert rows["full"]["accuracy_mean"] == pytest.approx(0.75) and rows["full"]["wall_min_mean"] == pytest.approx(1.5)
     assert rows["full"]["flags"] == "seed 1: first-epoch checkpoint"
-    assert rows["bss"]["flags"] == "seed 0: validation AUC <= 0.6"
+    assert rows["bss"]["flags"] == "seed 0: validation AUC <= 0.6 | seed 1: resumed: wall time is the last attempt's"
     table = (study / "compare_table.md").read_text()
     assert "seed 1: first-epoch checkpoint" in table and "mean Dice" not in table
 

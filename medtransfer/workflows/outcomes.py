@@ -47,6 +47,8 @@ def run_outcome(study_dir: Path, spec: RunSpec, done: dict) -> dict:
         flags.append("first-epoch checkpoint")
     if any(key == "auc" and value <= CHANCE_AUC for _, value, key in selections):
         flags.append(f"validation AUC <= {CHANCE_AUC}")
+    if done.get("attempt") == "resumed":  # the time before the interruption was not recorded
+        flags.append("resumed: wall time is the last attempt's")
     row["selected_epochs"] = " ".join(str(e) for e, _, _ in selections)
     row["val_key_metric"] = round(min((v for _, v, _ in selections), default=math.nan), 4)
     row["flags"] = "; ".join(flags)
