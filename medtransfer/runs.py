@@ -169,27 +169,6 @@ def _git_commit() -> str | None:
         return None
 
 
-class NamedFilesNotices(logging.Filter):
-    """Drops MONAI's notices that only matter when the metadata and logging files are left unnamed.
-
-    Why: :func:`run_bundle_workflow` always names both, yet ``ConfigWorkflow`` warns on every run that merges a
-    strategy fragment from another folder and that logging is "set to False"; two such lines per run (hundreds in a
-    study) bury the warnings that matter.
-    """
-
-    NOTICES = ("Not all config files are in ", "Logging file is set to False")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.NOTICES)
-
-
-def quiet_named_files_notices() -> None:
-    """Install :class:`NamedFilesNotices` on MONAI's bundle-workflow logger (once)."""
-    monai_logger = logging.getLogger("monai.bundle.workflows")
-    if not any(isinstance(f, NamedFilesNotices) for f in monai_logger.filters):
-        monai_logger.addFilter(NamedFilesNotices())
-
-
 def run_bundle_workflow(
     config_files: list[str | Path], overrides: dict | None = None, meta_file: str | Path | None = None
 ):
@@ -202,7 +181,6 @@ def run_bundle_workflow(
 
     files = [str(f) for f in config_files]
     meta = str(meta_file) if meta_file is not None else str(Path(files[0]).parent / "metadata.json")
-    quiet_named_files_notices()
     workflow = ConfigWorkflow(config_file=files, meta_file=meta, logging_file=False, **dict(overrides or {}))
     workflow.initialize()
     workflow.run()

@@ -68,25 +68,3 @@ def test_run_info_keeps_history_on_resume(tmp_path):
     second = write_run_info(tmp_path, {"seed": 1})
     assert first["settings"] == {"seed": 1}
     assert second["previous"][0]["started"] == first["started"]
-
-
-def test_monai_notices_about_unnamed_files_are_dropped_and_other_warnings_kept():
-    import logging
-
-    from medtransfer.runs import quiet_named_files_notices
-
-    quiet_named_files_notices()
-    quiet_named_files_notices()  # installing twice must not stack filters
-    monai_logger = logging.getLogger("monai.bundle.workflows")
-    assert sum(type(f).__name__ == "NamedFilesNotices" for f in monai_logger.filters) == 1
-    seen: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
-    monai_logger.addHandler(handler)
-    try:
-        monai_logger.warning("Not all config files are in /x. If logging_file and meta_file are ...")
-        monai_logger.warning("Logging file is set to False, skipping logging.")
-        monai_logger.warning("Cannot find the logging config file")
-    finally:
-        monai_logger.removeHandler(handler)
-    assert seen == ["Cannot find the logging config file"]
