@@ -97,7 +97,8 @@ class LRRecorder:
 
     It reads the optimizer's parameter groups after each step, so it records plain schedules, MetaLR's learned LRs
     (MetaLR writes its LRs into the same groups) and every strategy's layout alike (:meth:`effective_lrs`). On resume
-    it reads back the rows of the iterations already trained from ``lr_history.csv`` (as TrainingHistory does with ``history.json``), so the files cover the whole run
+    it reads back the rows of the iterations already trained from ``lr_history.csv`` (as TrainingHistory does with
+    ``history.json``), so the files cover the whole run
     and it needs no place in the checkpoint (nor a reference in the handler list, which MONAI's property check
     cannot read); they are rewritten atomically at each epoch end.
     """
