@@ -172,3 +172,34 @@ def test_table_flags_first_epoch_and_near_chance_selections_and_reads_segmentati
     rows = collect_comparison(seg)["summary"]
     assert [r["label"] for r in rows] == ["full", "bss"] and rows[0]["mean_dice_mean"] == pytest.approx(0.81)
     assert "mean Dice (test split)" in (seg / "compare_table.md").read_text()
+
+
+def test_a_study_says_each_repeated_monai_start_up_notice_once(tmp_path, monkeypatch):
+    """Every run of a study starts MONAI workflows that log the same notices; the study's log holds each once,
+    and a notice that differs between runs is still said for each run."""
+    import logging
+
+    from medtransfer.workflows import study as study_module
+
+    workflow_logger = logging.getLogger("monai.bundle.workflows")
+
+    def fake_execute(bundle, spec, study_dir):
+        workflow_logger.warning("Logging file is set to False")
+        workflow_logger.warning(f"run folder {spec.name}")
+        return {"name": spec.name, "wall_s": 0.0}
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    workflow_logger.addHandler(handler)
+    monkeypatch.setattr(study_module, "execute", fake_execute)
+    specs = [study_module.RunSpec(name=f"full_seed{k}", label="full", strategy="full", seed=k) for k in range(3)]
+    study_module.write_study(tmp_path, "busi_classification", specs, "compare", {})
+    try:
+        study_module.run_study(tmp_path)
+    finally:
+        workflow_logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert messages.count("Logging file is set to False") == 1
+    assert [m for m in messages if m.startswith("run folder")] == [f"run folder full_seed{k}" for k in range(3)]
+    assert not workflow_logger.filters  # the filter is gone once the study ends

@@ -192,8 +192,11 @@ def run_study(
     logger.info(f"{study_dir}: {len(mine)} runs in this slice, {len(done)} finished, {len(todo)} to run")
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(mine), initial=len(done), desc=f"{record['kind']} runs", unit="run", dynamic_ncols=True,
-              disable=None, position=0) as bar:  # fmt: skip
+    from medtransfer.cv import once_per_message
+
+    # every run starts one or more MONAI workflows that repeat the same start-up notices: say each once per study
+    with once_per_message(), tqdm(total=len(mine), initial=len(done), desc=f"{record['kind']} runs", unit="run",
+                                  dynamic_ncols=True, disable=None, position=0) as bar:  # fmt: skip
         for spec in todo:
             bar.set_postfix_str(spec.name)
             result = execute(record["bundle"], spec, study_dir)
