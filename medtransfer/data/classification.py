@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medtransfer.data.imagefolder import IMAGE_SUFFIXES
+from medtransfer.data.imagefolder import FOLDER_SUFFIXES
 from medtransfer.data.registry import Records, dataset_class_names, dataset_records
 from medtransfer.errors import DatasetError
 
@@ -38,7 +38,7 @@ def image_folder_datalist(input_dir: str | Path) -> list[dict]:
     root = Path(input_dir)
     if not root.is_dir():
         raise DatasetError(f"input folder {root} does not exist; pass --input_dir with the images to classify")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.stem)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in FOLDER_SUFFIXES and "_mask" not in p.stem)
     if not files:
-        raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
+        raise DatasetError(f"no images ({', '.join(FOLDER_SUFFIXES)}) found under {root}")
     return [{"image": str(p), "id": str(p.relative_to(root))} for p in files]

@@ -18,6 +18,9 @@ from medtransfer.data.splits import carve_val, split_records
 from medtransfer.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# what class folders and inference folders take: the images above, and DICOM files (read through pydicom by
+# medtransfer.data.transforms.load_image), as chest X-ray collections mix them
+FOLDER_SUFFIXES = (*IMAGE_SUFFIXES, ".dcm")
 
 
 def natural_key(text: str) -> list:
@@ -51,9 +54,9 @@ def read_image_folder(folder: str | Path, classes: list[str]) -> list[dict]:
         class_dir = Path(folder) / name
         if not class_dir.is_dir():
             raise DatasetError(f"class folder {class_dir} is missing; every split needs the classes {classes}")
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in FOLDER_SUFFIXES)
         if not files:
-            raise DatasetError(f"class folder {class_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DatasetError(f"class folder {class_dir} holds no images ({', '.join(FOLDER_SUFFIXES)})")
         records += [{"image": str(p), "label": label, "id": f"{name}/{p.name}"} for p in files]
     return records
 

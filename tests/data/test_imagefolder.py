@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from medtransfer.data.classification import class_names, classification_datalist
-from medtransfer.data.imagefolder import image_folder_split
+from medtransfer.data.imagefolder import image_folder_split, read_image_folder
 from medtransfer.errors import DatasetError
 
 
@@ -51,3 +51,39 @@ def test_errors_name_the_folder(tmp_path):
         image_folder_split(split.parent, "test")
     with pytest.raises(DatasetError, match="does not exist"):
         image_folder_split(tmp_path / "nope", "train")
+
+
+def test_class_folders_take_dicom_beside_jpeg_and_dicom_only_folders(tmp_path):
+    """A Kermany-style folder mixing .jpeg and .dcm trains on both; a DICOM-only folder is not "empty"; the
+    records load through the bundles' loader to the pixels pydicom reads."""
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from medtransfer.data.classification import image_folder_datalist
+    from medtransfer.data.transforms import LoadGreyImaged
+
+    source = get_testdata_file("CT_small.dcm")
+    assert source is not None, "pydicom ships CT_small.dcm"
+    for split in ("train", "test"):
+        for name in ("NORMAL", "PNEUMONIA"):
+            folder = tmp_path / "mixed" / split / name
+            folder.mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), 40, np.uint8)).save(folder / "a.jpeg")
+            shutil.copy(source, folder / "b.DCM")
+    records = classification_datalist(tmp_path / "mixed", "imagefolder", "test")
+    names = sorted(r["id"].split("/", 1)[-1] for r in records)
+    assert names == ["NORMAL/a.jpeg", "NORMAL/b.DCM", "PNEUMONIA/a.jpeg", "PNEUMONIA/b.DCM"]
+    dicom = next(r for r in records if r["id"].endswith("PNEUMONIA/b.DCM"))
+    image = LoadGreyImaged("image")(dict(dicom))["image"][0].numpy()
+    pixels = pydicom.dcmread(source).pixel_array.astype(np.float64)
+    expected = (pixels - pixels.min()) / (pixels.max() - pixels.min())
+    np.testing.assert_allclose(image, expected, atol=1e-5)
+
+    only = tmp_path / "dicom_only"
+    for name in ("NORMAL", "PNEUMONIA"):
+        (only / name).mkdir(parents=True)
+        shutil.copy(source, only / name / "x.dcm")
+    assert [r["label"] for r in read_image_folder(only, ["NORMAL", "PNEUMONIA"])] == [0, 1]
+    assert len(image_folder_datalist(only)) == 2  # inference folders take DICOM too
