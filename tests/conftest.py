@@ -18,6 +18,16 @@ STRATEGIES = REPO / "configs" / "strategies"
 FAST = ["--epochs", "1", "--image_size", "32", "--batch_size", "8"]
 
 
+def pydicom_sample(name: str) -> Path:
+    """A real DICOM file shipped inside pydicom (all of these are uncompressed: no extra decoder needed)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"pydicom does not ship {name}")
+    return Path(path)
+
+
 def _need(relative: str = "") -> Path:
     """Return data_root()/relative, or skip (fail under CI=true) when it is missing."""
     root = data_root()

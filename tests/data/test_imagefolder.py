@@ -4,6 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import pydicom_sample
 from PIL import Image
 
 from medtransfer.data.classification import class_names, classification_datalist
@@ -59,13 +60,11 @@ def test_class_folders_take_dicom_beside_jpeg_and_dicom_only_folders(tmp_path):
     import shutil
 
     import pydicom
-    from pydicom.data import get_testdata_file
 
     from medtransfer.data.classification import image_folder_datalist
     from medtransfer.data.transforms import LoadGreyImaged
 
-    source = get_testdata_file("CT_small.dcm")
-    assert source is not None, "pydicom ships CT_small.dcm"
+    source = pydicom_sample("CT_small.dcm")
     for split in ("train", "test"):
         for name in ("NORMAL", "PNEUMONIA"):
             folder = tmp_path / "mixed" / split / name

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import pydicom_sample
 from PIL import Image
 
 from medtransfer.data import LoadGreyImaged, LoadImageModed, LoadRGBd
@@ -80,16 +81,6 @@ def test_missing_keys_and_bad_arrays() -> None:
         LoadGreyImaged("image")({"image": np.zeros((2, 2))})
 
 
-def _dicom(name: str) -> Path:
-    """A real DICOM file shipped inside pydicom (all of these are uncompressed: no extra decoder needed)."""
-    from pydicom.data import get_testdata_file
-
-    path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"pydicom does not ship {name}")
-    return Path(path)
-
-
 def _unit(arr: np.ndarray) -> np.ndarray:
     arr = arr.astype(np.float64)
     return (arr - arr.min()) / (arr.max() - arr.min())
@@ -99,19 +90,19 @@ def _unit(arr: np.ndarray) -> np.ndarray:
 def test_dicom_grey(name: str) -> None:
     import pydicom
 
-    ds = pydicom.dcmread(_dicom(name))
+    ds = pydicom.dcmread(pydicom_sample(name))
     pixels = ds.pixel_array
-    out = LoadGreyImaged("image")({"image": _dicom(name)})
+    out = LoadGreyImaged("image")({"image": pydicom_sample(name)})
     _assert_grey(out["image"], int(ds.Rows), int(ds.Columns))
     image = out["image"][0].numpy()
     assert float(image.std()) > 0.05 and image.min() == 0.0 and image.max() == 1.0
     assert np.unravel_index(image.argmax(), image.shape) == np.unravel_index(pixels.argmax(), pixels.shape)
     np.testing.assert_allclose(image, _unit(pixels), atol=1e-6)  # slope > 0: same ordering, own min/max
-    assert out["image_path"] == str(_dicom(name))
+    assert out["image_path"] == str(pydicom_sample(name))
 
 
 def test_dicom_without_extension_and_upper_case_suffix(tmp_path: Path) -> None:
-    source = _dicom("CT_small.dcm")
+    source = pydicom_sample("CT_small.dcm")
     expected = LoadGreyImaged("image")({"image": source})["image"]
     for name in ("IM00001", "SCAN.DCM"):  # recognised by the "DICM" magic, not the name
         (tmp_path / name).write_bytes(source.read_bytes())
@@ -121,7 +112,7 @@ def test_dicom_without_extension_and_upper_case_suffix(tmp_path: Path) -> None:
 def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
     import pydicom
 
-    ds = pydicom.dcmread(_dicom("MR_small.dcm"))
+    ds = pydicom.dcmread(pydicom_sample("MR_small.dcm"))
     pixels = ds.pixel_array
     ds.PhotometricInterpretation = "MONOCHROME1"
     ds.save_as(tmp_path / "mono1.dcm")
@@ -133,7 +124,7 @@ def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
 def test_dicom_rescale_multiframe_and_constant(tmp_path: Path) -> None:
     import pydicom
 
-    ds = pydicom.dcmread(_dicom("MR_small.dcm"))
+    ds = pydicom.dcmread(pydicom_sample("MR_small.dcm"))
     first = ds.pixel_array
     ds.PixelData = np.stack([first, first[::-1]]).tobytes()
     ds.NumberOfFrames = 2
@@ -143,7 +134,7 @@ def test_dicom_rescale_multiframe_and_constant(tmp_path: Path) -> None:
     _assert_grey(image, int(ds.Rows), int(ds.Columns))
     np.testing.assert_allclose(image[0].numpy(), 1.0 - _unit(first), atol=1e-6)  # first frame only
 
-    ds = pydicom.dcmread(_dicom("MR_small.dcm"))
+    ds = pydicom.dcmread(pydicom_sample("MR_small.dcm"))
     ds.PixelData = np.full_like(first, 7).tobytes()
     ds.save_as(tmp_path / "flat.dcm")
     image = LoadGreyImaged("image")({"image": tmp_path / "flat.dcm"})["image"]
@@ -154,10 +145,10 @@ def test_dicom_palette_ultrasound_to_luminance() -> None:
     import pydicom
     from pydicom.pixels import apply_color_lut
 
-    ds = pydicom.dcmread(_dicom("examples_palette.dcm"))
+    ds = pydicom.dcmread(pydicom_sample("examples_palette.dcm"))
     assert ds.PhotometricInterpretation == "PALETTE COLOR"
     rgb = apply_color_lut(ds.pixel_array, ds).astype(np.float64)
-    out = LoadGreyImaged("image")({"image": _dicom("examples_palette.dcm")})["image"]
+    out = LoadGreyImaged("image")({"image": pydicom_sample("examples_palette.dcm")})["image"]
     _assert_grey(out, int(ds.Rows), int(ds.Columns))
     np.testing.assert_allclose(out[0].numpy(), _unit(rgb @ [0.299, 0.587, 0.114]), atol=1e-5)
 
@@ -222,11 +213,11 @@ def test_dicom_in_rgb_mode_keeps_colour_and_repeats_grey() -> None:
     import pydicom
     from pydicom.pixels import apply_color_lut
 
-    grey = LoadImageModed("image", mode="rgb")({"image": _dicom("CT_small.dcm")})["image"]
+    grey = LoadImageModed("image", mode="rgb")({"image": pydicom_sample("CT_small.dcm")})["image"]
     assert grey.shape[0] == 3 and torch.equal(grey[0], grey[2])
-    assert torch.equal(grey[1], LoadGreyImaged("image")({"image": _dicom("CT_small.dcm")})["image"][0])
-    ds = pydicom.dcmread(_dicom("examples_palette.dcm"))
+    assert torch.equal(grey[1], LoadGreyImaged("image")({"image": pydicom_sample("CT_small.dcm")})["image"][0])
+    ds = pydicom.dcmread(pydicom_sample("examples_palette.dcm"))
     rgb = apply_color_lut(ds.pixel_array, ds).astype(np.float64)
-    out = LoadImageModed("image", mode="rgb")({"image": _dicom("examples_palette.dcm")})["image"]
+    out = LoadImageModed("image", mode="rgb")({"image": pydicom_sample("examples_palette.dcm")})["image"]
     assert out.shape == (3, int(ds.Rows), int(ds.Columns))
     np.testing.assert_allclose(out.numpy(), _unit(rgb).transpose(2, 0, 1), atol=1e-6)  # channels stretched together
