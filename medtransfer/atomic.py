@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from medtransfer.errors import CheckpointWriteError
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where the OS allows (``os.umask`` can only set and return)."""
@@ -62,3 +64,78 @@ def write_csv_atomic(
     writer.writerow(header)
     writer.writerows(rows)
     return write_text_atomic(path, buf.getvalue())
+
+
+def fsync_directory(folder: Path | str) -> None:
+    """Flush a folder's entries to disk, so a rename into it survives a power cut (a no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_torch_atomic(obj: object, path: Path | str, previous: Path | str | None = None) -> Path:
+    """``torch.save`` into a temporary file beside `path`, flushed to disk, then renamed over `path`.
+
+    At every instant `path` is either the complete old file or the complete new one, so a kill or a full disk never
+    leaves a torn checkpoint. A failed write (full disk, read-only folder) raises :class:`CheckpointWriteError`
+    naming the file, the cause in words and `previous`, the complete checkpoint that is still there.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        fsync_directory(path.parent)
+    except (OSError, RuntimeError) as exc:
+        cause = _os_error(exc)
+        if cause is None:
+            raise
+        raise CheckpointWriteError(_write_failure(path, cause, previous)) from exc
+    return path
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` (torch wraps a failed write in a RuntimeError from its C++ writer)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _write_failure(path: Path, cause: OSError, previous: Path | str | None) -> str:
+    import errno
+    import shutil
+
+    if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f" ({shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there)"
+        except OSError:
+            free = ""
+        what = f"no space left on device{free}"
+        fix = "free some space (or point --runs_dir at a larger disk)"
+    elif cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "the folder is not writable"
+        fix = "make the folder writable (or point --runs_dir elsewhere)"
+    else:
+        what = cause.strerror or str(cause)
+        fix = "fix the cause"
+    kept = (
+        f"the previous checkpoint {previous} is intact"
+        if previous is not None and Path(previous).is_file()
+        else "no earlier checkpoint was replaced"
+    )
+    return f"{what} while writing {path}; {kept}. {fix.capitalize()}, then continue the run with --resume true"

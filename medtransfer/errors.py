@@ -23,3 +23,15 @@ class BundleError(MedTransferError, ValueError):
 
 class StrategyError(MedTransferError, ValueError):
     """A fine-tuning strategy's settings do not fit the network (a group it does not have, a k beyond its depth)."""
+
+
+class CheckpointWriteError(MedTransferError, OSError):
+    """A checkpoint could not be written (full disk, read-only folder); the message says which earlier one is intact."""
+
+
+class SettingsError(MedTransferError, ValueError):
+    """A bundle setting is unknown, out of range, or changed against what the run recorded."""
+
+
+class RunInterrupted(MedTransferError):
+    """The user stopped a run (Ctrl-C); the message says what was kept and how to continue."""

@@ -52,12 +52,16 @@ def need() -> Callable[[str], Path]:
     return _need
 
 
-def run_bundle(configs: list, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` in a subprocess from the repository root, as a user runs it."""
+def run_bundle(
+    configs: list, *overrides: str, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` in a subprocess from the repository root, as a user runs it (`env` is added to
+    the environment)."""
     configs = [str(c) for c in configs]
     config = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    environment = {**os.environ, **env} if env else None
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=environment)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

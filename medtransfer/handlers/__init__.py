@@ -6,13 +6,13 @@ package exports every public handler; the modules are ``checkpoints`` (training 
 """
 
 from medtransfer.handlers.checkpoints import (
+    BestModelSaver,
     EpochCheckpoint,
     EpochSeed,
     ResumeFromRun,
     SaveInitialWeights,
     StopOnNonFiniteLoss,
     TrainingHistory,
-    best_model_state,
     read_history,
 )
 from medtransfer.handlers.metalr import LRRecorder, MetaLRHandler
@@ -27,6 +27,7 @@ from medtransfer.handlers.reports import (
 )
 
 __all__ = [
+    "BestModelSaver",
     "ClassificationMetric",
     "ClassificationReport",
     "EpochCheckpoint",
@@ -40,7 +41,6 @@ __all__ = [
     "StopOnNonFiniteLoss",
     "TrainingHistory",
     "as_rows",
-    "best_model_state",
     "read_history",
     "val_dice_metrics",
     "val_metrics",

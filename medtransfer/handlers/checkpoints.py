@@ -11,18 +11,20 @@ import logging
 import math
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
 from monai.data.utils import set_rnd
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.handlers import CheckpointLoader
 from monai.utils import set_determinism
 
-from medtransfer.atomic import atomic_path, write_csv_atomic
+from medtransfer.atomic import save_torch_atomic, write_csv_atomic
+from medtransfer.errors import RunDirectoryError
 from medtransfer.handlers.reports import as_rows
 from medtransfer.report import plot_history, save_json
-from medtransfer.runs import latest_checkpoint
+from medtransfer.runs import checkpoint_epoch, epoch_checkpoints, latest_checkpoint
+from medtransfer.settings import as_flag
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +81,8 @@ class TrainingHistory:
         self.save()
 
     def best(self) -> dict | None:
-        """The row with the best key validation metric, the latest one on ties, as checkpoint selection sees it.
-
-        Latest on ties because a small validation split saturates (AUC 1.0 from epoch 1): keeping the first such
-        epoch would select an almost untrained model. Bundles set ``key_metric_greater_or_equal`` on their
-        CheckpointSaver to match.
-        """
-        key = f"val_{self.key_metric}" if self.key_metric else None
-        rows = [r for r in self.rows if key and r.get(key) is not None and not math.isnan(r[key])]
-        return max(reversed(rows), key=lambda r: r[key]) if rows else None
+        """The row with the best key validation metric (:func:`best_row`)."""
+        return best_row(self.rows, self.key_metric)
 
     def save(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +92,17 @@ class TrainingHistory:
         keys = list(dict.fromkeys(k for r in self.rows for k in r if k != "lr"))
         write_csv_atomic(self.output_dir / "history.csv", keys, ([r.get(k) for k in keys] for r in self.rows))
         plot_history([{k: v for k, v in r.items() if k != "lr"} for r in self.rows], self.output_dir / "history.png")
+
+
+def best_row(rows: list[dict], key_metric: str | None) -> dict | None:
+    """The row with the best key validation metric, the latest one on ties, as checkpoint selection sees it.
+
+    Latest on ties because a small validation split saturates (AUC 1.0 from epoch 1): keeping the first such epoch
+    would select an almost untrained model. :class:`BestModelSaver` (``greater_or_equal``) selects the same way.
+    """
+    key = f"val_{key_metric}" if key_metric else None
+    rows = [r for r in rows if key and r.get(key) is not None and not math.isnan(r[key])]
+    return max(reversed(rows), key=lambda r: r[key]) if rows else None
 
 
 def _is_number(v) -> bool:
@@ -169,38 +175,97 @@ class SaveInitialWeights:
         path = self.output_dir / self.filename
         if path.exists():
             return
-        with atomic_path(path) as tmp:
-            torch.save({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, tmp)
+        save_torch_atomic({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, path)
+
+
+def _unwrapped(obj):
+    """The module inside a DataParallel/DistributedDataParallel wrapper (checkpoints hold the bare module's keys)."""
+    return obj.module if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else obj
+
+
+def checkpoint_state(objects: dict) -> dict:
+    """What ignite's ``Checkpoint`` saves for these objects: their ``state_dict()``s by name, or the bare state of a
+    single object (so ``model.pt`` loads into a network directly and MONAI's ``CheckpointLoader`` reads both)."""
+    states = {name: _unwrapped(obj).state_dict() for name, obj in objects.items()}
+    return next(iter(states.values())) if len(states) == 1 else states
+
+
+def _is_writer() -> bool:
+    return idist.get_rank() == 0
 
 
 class EpochCheckpoint:
     """Saves `save_dict` plus the trainer's own state (epoch, iteration) as ``checkpoint_epoch=N.pt`` every epoch.
 
-    The trainer joins at attach time, so configs need not reference the trainer from its own handler list (a circular
-    reference). ignite's DiskSaver writes to a temporary file and renames it: a crash never leaves a torn checkpoint.
+    Crash-safe replacement: the new checkpoint is written to a temporary file, flushed and renamed into place, and
+    only then are checkpoints beyond the newest `n_saved` deleted (counted on disk, so a resumed run honours
+    `n_saved` too). At every instant a complete earlier checkpoint exists. The trainer joins at attach time, so
+    configs need not reference the trainer from its own handler list (a circular reference).
     """
 
     def __init__(self, output_dir: str, save_dict: dict, n_saved: int = 1, interval: int = 1) -> None:
-        self.output_dir, self.save_dict, self.n_saved, self.interval = output_dir, save_dict, n_saved, interval
+        self.output_dir, self.save_dict, self.n_saved, self.interval = Path(output_dir), save_dict, n_saved, interval
 
     def attach(self, engine: Engine) -> None:
-        checkpoint = Checkpoint(
-            {**self.save_dict, "trainer": engine},
-            DiskSaver(self.output_dir, require_empty=False, atomic=True),
-            filename_pattern="checkpoint_epoch={global_step}.{ext}",
-            n_saved=self.n_saved,
-            global_step_transform=lambda e, _: e.state.epoch,
-        )
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), checkpoint)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not _is_writer():
+            return
+        previous = latest_checkpoint(self.output_dir)
+        path = self.output_dir / f"checkpoint_epoch={engine.state.epoch}.pt"
+        save_torch_atomic(checkpoint_state({**self.save_dict, "trainer": engine}), path, previous=previous)
+        for _, old in epoch_checkpoints(self.output_dir)[: -self.n_saved]:
+            old.unlink(missing_ok=True)
+
+
+class BestModelSaver:
+    """Keeps the network of the best validation epoch as ``model.pt``, replaced crash-safely (write, fsync, rename).
+
+    Attach it to the evaluator: after each validation it compares the key metric with the best so far and saves on
+    an improvement, or on a tie with `greater_or_equal` (a saturated score keeps the latest, most trained model).
+    NaN scores never count. The file is never deleted first, so a kill or a full disk leaves the previous best
+    complete; :class:`ResumeFromRun` restores ``best_score`` from the history on disk.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        filename: str = "model.pt",
+        greater_or_equal: bool = True,
+        metric_name: str | None = None,
+    ) -> None:
+        self.path = Path(save_dir) / filename
+        self.save_dict, self.greater_or_equal, self.metric_name = save_dict, greater_or_equal, metric_name
+        self.best_score: float | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        name = self.metric_name or engine.state.key_metric_name
+        score = float(engine.state.metrics[name])
+        if math.isnan(score) or not self._improves(score):
+            return
+        if _is_writer():
+            previous = self.path if self.path.is_file() else None
+            save_torch_atomic(checkpoint_state(self.save_dict), self.path, previous=previous)
+        self.best_score = score
+
+    def _improves(self, score: float) -> bool:
+        if self.best_score is None:
+            return True
+        return score >= self.best_score if self.greater_or_equal else score > self.best_score
 
 
 class ResumeFromRun:
-    """Restores model, optimizer, trainer and best-model tracking from the newest epoch checkpoint of a run.
+    """Restores model, optimizer, trainer and best-model tracking from the newest complete epoch checkpoint of a run.
 
     Attach it first in the trainer's handlers (the trainer itself is added to `load_dict` at attach time). A disabled
-    instance does nothing, so bundles can always list it and switch it with ``--resume true``. `best_saver` is the
-    evaluator's key-metric ``CheckpointSaver`` (``save_key_metric=True``; MONAI warns when it tracks no key metric):
-    it learns the best score so far from ``history.json``.
+    instance does nothing, so bundles can always list it and switch it with ``--resume true``. The best-model
+    bookkeeping is rebuilt from what is on disk: the best score among the history rows up to the resumed epoch, when
+    the best model file exists (else the next validation writes one).
     """
 
     def __init__(
@@ -208,35 +273,36 @@ class ResumeFromRun:
         run_dir: str,
         load_dict: dict,
         enabled: bool = False,
-        best_saver: CheckpointSaver | None = None,
-        best_file: str = "model.pt",
+        best_saver: BestModelSaver | None = None,
     ) -> None:
-        self.run_dir, self.load_dict, self.enabled = run_dir, load_dict, enabled
-        self.best_saver, self.best_file = best_saver, best_file
+        self.run_dir, self.load_dict, self.best_saver = run_dir, load_dict, best_saver
+        self.enabled = as_flag(enabled, "resume")
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
             return
         path = latest_checkpoint(self.run_dir)
         if path is None:
-            raise FileNotFoundError(f"--resume true but {self.run_dir} holds no checkpoint_epoch=N.pt to resume from")
+            raise RunDirectoryError(
+                f"--resume true but {self.run_dir} holds no complete checkpoint_epoch=N.pt to resume from"
+            )
         logger.info(f"resuming from {path}")
         CheckpointLoader(load_path=path, load_dict={**self.load_dict, "trainer": engine}, map_location="cpu").attach(
             engine
         )
-        recorded = read_history(self.run_dir)
-        if self.best_saver is not None and recorded is not None:
-            best, key = recorded.get("best"), recorded.get("key_metric")
-            if best and key:
-                # the best model on disk keeps its place: a worse epoch after resuming must not replace it
-                self.best_saver.load_state_dict(best_model_state(best[f"val_{key}"], self.best_file))
+        if self.best_saver is not None:
+            self.best_saver.best_score = resumed_best_score(self.run_dir, checkpoint_epoch(self.run_dir))
+            if self.best_saver.best_score is None:
+                logger.info(f"{self.run_dir}: no best model on disk yet; the next validation writes one")
 
 
-def best_model_state(score: float, filename: str) -> dict:
-    """The state of a key-metric checkpointer that has saved one file, `filename`, with `score`.
+def resumed_best_score(run_dir: str | Path, epoch: int, best_file: str = "model.pt") -> float | None:
+    """The best validation score up to `epoch` from ``history.json``, or None when the best model file is missing.
 
-    ``CheckpointSaver.load_state_dict`` (public) hands this to ignite's ``Checkpoint.load_state_dict``, which takes
-    what ``Checkpoint.state_dict()`` returns: ``{"_saved": [(priority, filename), ...]}``. The key's name is ignite's
-    choice; tests/handlers/test_checkpoints.py fails if a new ignite or MONAI version changes it.
+    Rows after `epoch` (written before a crash, for epochs that will be trained again) do not count.
     """
-    return {"_saved": [(float(score), str(filename))]}
+    recorded = read_history(run_dir)
+    if recorded is None or not (Path(run_dir) / best_file).is_file():
+        return None
+    best = best_row([r for r in recorded["epochs"] if r["epoch"] <= epoch], recorded.get("key_metric"))
+    return None if best is None else float(best[f"val_{recorded['key_metric']}"])

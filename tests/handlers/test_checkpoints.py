@@ -7,12 +7,12 @@ import torch
 from ignite.engine import Engine, Events
 
 from medtransfer.handlers.checkpoints import (
+    BestModelSaver,
     EpochCheckpoint,
     EpochSeed,
     ResumeFromRun,
     StopOnNonFiniteLoss,
     TrainingHistory,
-    best_model_state,
 )
 
 
@@ -46,48 +46,164 @@ def test_epoch_seed_makes_each_epoch_reproducible():
     assert first[1] != first[2]
 
 
-# ResumeFromRun hands the best score so far to MONAI's CheckpointSaver through its public load_state_dict, in the
-# state format of ignite's Checkpoint.state_dict(); these two tests fail if a MONAI or ignite release changes that.
+def _evaluator_with_scores(scores: list[float]) -> Engine:
+    """An evaluator whose key metric ``val_auc`` takes the given values, one per run."""
+    values = iter(scores)
+    evaluator = Engine(lambda e, b: None)
+    evaluator.state.key_metric_name = "val_auc"
+    evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val_auc=next(values)))
+    return evaluator
 
 
-def test_best_model_state_is_the_format_ignite_checkpoint_saves(tmp_path):
-    from ignite.handlers import Checkpoint, DiskSaver
+def test_best_model_and_epoch_checkpoints_load_with_monai_checkpoint_loader(tmp_path):
+    """The files keep the format of ignite's Checkpoint: MONAI's CheckpointLoader (evaluate, resume) reads them."""
+    from monai.handlers import CheckpointLoader
 
-    engine = Engine(lambda e, b: None)
-    checkpoint = Checkpoint(
-        {"model": torch.nn.Linear(2, 1)}, DiskSaver(str(tmp_path), require_empty=False), score_function=lambda e: 0.75
-    )
-    engine.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
-    engine.run([0], max_epochs=1)
-    saved = checkpoint.state_dict()
-    ours = best_model_state(0.75, saved["_saved"][0][1])
-    assert dict(saved) == ours
-    fresh = Checkpoint({"model": torch.nn.Linear(2, 1)}, DiskSaver(str(tmp_path), require_empty=False))
-    fresh.load_state_dict(ours)
-    assert dict(fresh.state_dict()) == ours
+    model, optimizer = torch.nn.Linear(2, 1), None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    evaluator = _evaluator_with_scores([0.5])
+    BestModelSaver(str(tmp_path), {"model": model}).attach(evaluator)
+    evaluator.run([0], max_epochs=1)
+    trainer = Engine(lambda e, b: None)
+    EpochCheckpoint(str(tmp_path), {"model": model, "optimizer": optimizer}).attach(trainer)
+    trainer.run([0, 1], max_epochs=1)
+    assert set(torch.load(tmp_path / "model.pt", weights_only=True)) == {"weight", "bias"}  # a bare state dict
+
+    fresh = torch.nn.Linear(2, 1)
+    loader_engine = Engine(lambda e, b: None)
+    CheckpointLoader(str(tmp_path / "model.pt"), {"model": fresh}).attach(loader_engine)
+    loader_engine.run([0], max_epochs=1)
+    assert torch.equal(fresh.weight, model.weight)
+    resumed = Engine(lambda e, b: None)
+    CheckpointLoader(str(tmp_path / "checkpoint_epoch=1.pt"), {"model": fresh, "trainer": resumed}).attach(resumed)
+    resumed.run([0, 1], max_epochs=2)  # continues from epoch 1, so one more epoch runs
+    assert resumed.state.epoch == 2 and resumed.state.iteration == 4
+
+
+def test_epoch_checkpoint_writes_the_new_file_before_deleting_the_old(tmp_path, monkeypatch):
+    import os
+
+    model = torch.nn.Linear(2, 1)
+    deleted_while_newest_existed = []
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        name = os.path.basename(path)
+        if name.startswith("checkpoint_epoch="):
+            epoch = int(name.split("=")[1].split(".")[0])
+            deleted_while_newest_existed.append((tmp_path / f"checkpoint_epoch={epoch + 1}.pt").is_file())
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    trainer = Engine(lambda e, b: None)
+    EpochCheckpoint(str(tmp_path), {"model": model}, n_saved=1).attach(trainer)
+    trainer.run([0], max_epochs=3)
+    assert deleted_while_newest_existed == [True, True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt"]  # no temporary file left
+
+
+def test_keep_checkpoints_is_counted_on_disk_so_a_resumed_run_honours_it(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    for epoch in (1, 2, 3):  # left by an earlier attempt that kept more
+        torch.save({"model": model.state_dict()}, tmp_path / f"checkpoint_epoch={epoch}.pt")
+    trainer = Engine(lambda e, b: None)
+    trainer.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "epoch", 3))
+    EpochCheckpoint(str(tmp_path), {"model": model}, n_saved=2).attach(trainer)
+    trainer.run([0], max_epochs=4)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch=*.pt")) == [
+        "checkpoint_epoch=3.pt",
+        "checkpoint_epoch=4.pt",
+    ]
+
+
+def test_a_full_disk_keeps_the_previous_best_model_and_says_so(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from medtransfer import atomic
+    from medtransfer.errors import CheckpointWriteError
+
+    model = torch.nn.Linear(2, 1)
+    evaluator = _evaluator_with_scores([0.5, 0.9])
+    BestModelSaver(str(tmp_path), {"model": model}).attach(evaluator)
+    evaluator.run([0], max_epochs=1)
+    before = torch.load(tmp_path / "model.pt", weights_only=True)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            self.file = builtins.open(*args, **kwargs)
+
+        def write(self, data):
+            self.file.write(bytes(data)[:10])  # a little gets written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr(atomic, "open", FullDisk, raising=False)
+    with pytest.raises(CheckpointWriteError) as error:
+        evaluator.run([0], max_epochs=1)
+    message = str(error.value)
+    assert "no space left on device" in message and str(tmp_path / "model.pt") in message
+    assert "previous checkpoint" in message and "is intact" in message
+    after = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the good model.pt is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # and the torn temporary file is gone
+
+
+def test_an_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from medtransfer.atomic import save_torch_atomic
+    from medtransfer.errors import CheckpointWriteError
+
+    def refuse(*args, **kwargs):  # what a read-only folder answers, also when the tests run as root
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(CheckpointWriteError, match=r"not writable while writing .*model\.pt; no earlier checkpoint"):
+        save_torch_atomic({"a": torch.zeros(1)}, tmp_path / "model.pt")
 
 
 def test_resume_keeps_the_best_model_until_a_better_epoch(tmp_path):
-    from monai.handlers import CheckpointSaver
-
     model = torch.nn.Linear(2, 1)
     EpochCheckpoint(str(tmp_path), {"model": model}).attach(trainer := Engine(lambda e, b: None))
     trainer.run([0], max_epochs=1)  # checkpoint_epoch=1.pt to resume from
-    best = {"epoch": 1, "val_auc": 0.9}
-    (tmp_path / "history.json").write_text(json.dumps({"epochs": [best], "best": best, "key_metric": "auc"}))
+    rows = [{"epoch": 1, "val_auc": 0.9}, {"epoch": 2, "val_auc": 0.99}]  # epoch 2 ran, but its checkpoint was lost
+    (tmp_path / "history.json").write_text(json.dumps({"epochs": rows, "best": rows[1], "key_metric": "auc"}))
     torch.save({"marker": torch.tensor(1)}, tmp_path / "model.pt")  # the run's best model so far
 
-    scores = iter([0.8, 0.95])
-    evaluator = Engine(lambda e, b: None)
-    evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val_auc=next(scores)))
-    saver = CheckpointSaver(
-        str(tmp_path), {"model": model}, save_key_metric=True, key_metric_name="val_auc",
-        key_metric_filename="model.pt", key_metric_greater_or_equal=True,
-    )  # fmt: skip
+    evaluator = _evaluator_with_scores([0.8, 0.95])
+    saver = BestModelSaver(str(tmp_path), {"model": model})
     saver.attach(evaluator)
     ResumeFromRun(str(tmp_path), {"model": model}, enabled=True, best_saver=saver).attach(Engine(lambda e, b: None))
+    assert saver.best_score == 0.9  # from the epochs up to the checkpoint, not the lost epoch 2
 
     evaluator.run([0], max_epochs=1)  # worse than the recorded 0.9: the best model stays
     assert "marker" in torch.load(tmp_path / "model.pt", weights_only=True)
     evaluator.run([0], max_epochs=1)  # better: replaced
     assert set(torch.load(tmp_path / "model.pt", weights_only=True)) == set(model.state_dict())
+
+
+def test_resume_without_a_best_model_on_disk_writes_one_at_the_next_validation(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    EpochCheckpoint(str(tmp_path), {"model": model}).attach(trainer := Engine(lambda e, b: None))
+    trainer.run([0], max_epochs=1)
+    rows = [{"epoch": 1, "val_auc": 0.9}]
+    (tmp_path / "history.json").write_text(json.dumps({"epochs": rows, "best": rows[0], "key_metric": "auc"}))
+    saver = BestModelSaver(str(tmp_path), {"model": model})  # model.pt is gone (killed while it was replaced)
+    ResumeFromRun(str(tmp_path), {"model": model}, enabled=True, best_saver=saver).attach(Engine(lambda e, b: None))
+    assert saver.best_score is None
+    evaluator = _evaluator_with_scores([0.5])
+    saver.attach(evaluator)
+    evaluator.run([0], max_epochs=1)
+    assert (tmp_path / "model.pt").is_file()
