@@ -101,7 +101,10 @@ def run_cross_validation(
         raise RunDirectoryError(
             f"cross-validation folder {cv_dir} already exists; pass --resume to continue it or choose another --name"
         )
+    from medtransfer.launch import check_overrides
+
     extra = [strategy_path(c) for c in config_files]
+    check_overrides(bundle, extra, dict(overrides or {}))
     settings = {**dict(overrides or {}), "num_folds": folds}
     record = {"bundle": str(bundle), "folds": folds, "config_files": [str(c) for c in extra], "overrides": settings}
     recorded = cv_dir / "cv_settings.json"

@@ -14,12 +14,12 @@ import contextlib
 import copy
 import io
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from medtransfer.bundling import bundle_path, strategy_path
-from medtransfer.errors import BundleError, MedTransferError
+from medtransfer.errors import BundleError, MedTransferError, RunInterrupted
 
 WORKFLOWS = {
     "train": ("train.json",),
@@ -54,7 +54,8 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
     except SystemExit as exc:  # fire reports a parse error by printing usage and exiting
         lines = [line for line in err.getvalue().splitlines() if line.strip()]
         raise BundleError(f"cannot read the overrides {' '.join(tokens)!r}: {lines[-1] if lines else exc}") from None
-    return dict(parsed or {})
+    # `--allow-changed-split` and `--allow_changed_split` name the same setting (bundle keys never hold a dash)
+    return {key.replace("-", "_"): value for key, value in dict(parsed or {}).items()}
 
 
 def config_files(bundle: str | Path, strategies: Sequence[str] = (), workflow: str = "train") -> list[Path]:
@@ -67,6 +68,41 @@ def config_files(bundle: str | Path, strategies: Sequence[str] = (), workflow: s
     if missing:
         raise BundleError(f"{missing[0]} not found: the bundle {configs.parent} has no {workflow} workflow")
     return [files[0], *(strategy_path(s) for s in strategies), *files[1:]]
+
+
+def check_overrides(bundle: str | Path, strategies: Sequence[str], overrides: Mapping[str, Any]) -> None:
+    """Refuse overrides that name no setting of the bundle (with these fragments) in any of its workflows.
+
+    The entry points that take a user's ``--key value`` call it (``run``, ``cv``, ``compare``, ``sweep``,
+    ``transfer``) before anything runs; a misspelled key would otherwise be added and ignored.
+    """
+    from medtransfer.settings import check_override_keys
+
+    files = config_files(bundle, strategies, "train")
+    files += [
+        f
+        for step in ("evaluate", "inference")
+        if (f := bundle_path(bundle) / "configs" / WORKFLOWS[step][-1]).is_file()
+    ]
+    check_override_keys(files, overrides, ignore=_RUN_ARGUMENTS)
+
+
+def interrupted_message(bundle: str | Path, settings: Mapping[str, Any]) -> str:
+    """What a user reads after Ctrl-C: which run stopped, what is kept, and the command that continues it."""
+    from medtransfer.bundling import default_runs_dir
+    from medtransfer.runs import latest_checkpoint
+
+    name = settings.get("run_name")
+    if name is None:
+        return "interrupted (no run had started)"
+    run_dir = Path(str(settings.get("runs_dir") or default_runs_dir(bundle_path(bundle)))) / str(name)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return f"interrupted: run {run_dir} had not finished an epoch; run the same command again to start it afresh"
+    return (
+        f"interrupted: run {run_dir} keeps its last complete checkpoint {Path(checkpoint).name}; continue it exactly "
+        f"with the same command plus --run_name {name} --resume true"
+    )
 
 
 def tracking_settings(bundle: str | Path) -> dict:
@@ -103,6 +139,7 @@ def run(
     from medtransfer.runs import timestamp
 
     settings = parse_overrides(overrides)
+    check_overrides(bundle, strategies, settings)
     if settings.get("tracking") == "mlflow":
         settings["tracking"] = tracking_settings(bundle)
     if "config_file" in settings:
@@ -115,7 +152,10 @@ def run(
         step_settings = dict(settings)
         if step != "train":
             step_settings.pop("tracking", None)
-        monai_run(config_file=[str(f) for f in files], **step_settings)
+        try:
+            monai_run(config_file=[str(f) for f in files], **step_settings)
+        except KeyboardInterrupt:
+            raise RunInterrupted(interrupted_message(bundle, settings)) from None
     return str(settings.get("run_name", "the newest finished run"))
 
 

@@ -9,15 +9,20 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import platform
 import re
 import subprocess
 import sys
+import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from medtransfer.errors import RunDirectoryError
 
-CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
+LOCK_FILE = ".medtransfer.lock"
+FAILED_ATTEMPTS = "failed_attempts"
 # the copy of the executed config that `monai.bundle run --tracking mlflow` writes into the run folder first
 TRACKING_CONFIG_COPY = re.compile(r"config_\d{8}_\d{6}\.json$")
 
@@ -30,32 +35,110 @@ def timestamp() -> str:
 
 
 def create_run_dir(path: str | Path, resume: bool = False) -> str:
-    """Create `path` for a new run, or check it holds a run to resume.
+    """Create `path` for a new run, or check it holds a run to resume; either way, lock it for this process.
 
-    A new run refuses a non-empty folder, so a second run with the same name cannot destroy the first one's results.
+    A new run refuses a folder holding a previous run, so a second run with the same name cannot destroy the first
+    one's results. A folder without any checkpoint (epoch or best model) is a failed attempt (it died before its first
+    epoch ended): its files are set aside in ``failed_attempts/<time>/`` and the run starts afresh under its name. The lock
+    (:func:`lock_run_dir`) keeps a second process from training or resuming the same run at the same time.
     """
+    from medtransfer.settings import as_flag
+
     path = Path(path)
-    if resume:
+    lock_run_dir(path)
+    if as_flag(resume, "resume"):
         if latest_checkpoint(path) is None:
             raise RunDirectoryError(
-                f"cannot resume: {path} holds no checkpoint_epoch=N.pt; check --run_name, or drop --resume to start afresh"
+                f"cannot resume: {path} holds no complete checkpoint_epoch=N.pt; check --run_name, or drop --resume "
+                "to start the run afresh (a folder without a checkpoint is set aside and restarted)"
             )
+        remove_stale_temporaries(path)
         return str(path)
-    previous = [p for p in path.iterdir() if not TRACKING_CONFIG_COPY.match(p.name)] if path.exists() else []
-    if previous:
+    previous = [p for p in path.iterdir() if not _not_a_result(p)]
+    if previous and latest_checkpoint(path) is None and not (path / "model.pt").is_file():
+        aside = set_aside_failed_attempt(path, previous)
+        logger.warning(f"{path} held a failed attempt without any checkpoint; its files are kept in {aside}")
+    elif previous:
         contents = ", ".join(sorted(p.name for p in previous)[:5])
         raise RunDirectoryError(
             f"run directory {path} already exists and holds a previous run ({contents}). Choose another "
             f"--run_name, pass --resume true to continue it, or delete the folder yourself"
         )
-    path.mkdir(parents=True, exist_ok=True)
     return str(path)
+
+
+def _not_a_result(path: Path) -> bool:
+    """Files a run folder may hold before any result: the lock, earlier failed attempts, MLflow's config copy."""
+    return path.name in (LOCK_FILE, FAILED_ATTEMPTS) or bool(TRACKING_CONFIG_COPY.match(path.name))
+
+
+def set_aside_failed_attempt(path: Path, files: list[Path]) -> Path:
+    """Move a failed attempt's files (its log, ``run_info.json``) into ``failed_attempts/<time>/`` of its folder."""
+    aside = path / FAILED_ATTEMPTS / timestamp()
+    while aside.exists():
+        aside = aside.with_name(aside.name + "_")
+    aside.mkdir(parents=True)
+    for file in files:
+        file.rename(aside / file.name)
+    return aside
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left (``.<name>.*.tmp``); under the run's lock nobody else writes."""
+    stale = [p for p in path.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+# one open lock file per run folder this process holds (flock locks belong to the open file, so keep it open)
+_HELD_LOCKS: dict[str, object] = {}
+
+
+def lock_run_dir(path: str | Path) -> None:
+    """Create `path` and take its lock for this process, or refuse with the pid of the process holding it.
+
+    The lock is an ``flock`` on ``.medtransfer.lock`` in the folder: the operating system drops it when the process
+    ends, however it ends, so a killed run never leaves a stale lock. Taking it again in the same process is a no-op.
+    """
+    path = Path(path)
+    key = os.path.realpath(path)
+    if key in _HELD_LOCKS:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; runs are not locked there
+        return
+    handle = open(path / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunDirectoryError(
+            f"run directory {path} is in use by pid {holder} (another process is training or resuming this run); "
+            "wait for it to finish, or stop that process first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _HELD_LOCKS[key] = handle
+
+
+def release_run_dir(path: str | Path) -> None:
+    """Give up this process's lock on a run folder (the bundles' ``finalize``; process exit does it too)."""
+    handle = _HELD_LOCKS.pop(os.path.realpath(path), None)
+    if handle is not None:
+        handle.close()
 
 
 def require_run_dir(path: str | Path, needs: str = "model.pt") -> str:
     """Check that `path` is a finished run holding `needs` (used by evaluate and inference configs)."""
     path = Path(path)
-    if not (path / needs).is_file():
+    if not _complete(path / needs):
         raise RunDirectoryError(
             f"{path / needs} not found: evaluate/inference need a finished training run; pass --run_name of one "
             f"(folders under {path.parent}: {', '.join(sorted(p.name for p in path.parent.glob('*')))[:200] or 'none'})"
@@ -72,7 +155,7 @@ def latest_run(runs_dir: str | Path, needs: str = "model.pt") -> str:
     root = Path(runs_dir)
     # ordered by when the model file was written: evaluating an older run must not make it the newest
     runs = sorted(
-        (p.parent for pattern in (f"*/{needs}", f"*/*/{needs}") for p in root.glob(pattern) if p.is_file()),
+        (p.parent for pattern in (f"*/{needs}", f"*/*/{needs}") for p in root.glob(pattern) if _complete(p)),
         key=lambda p: (p / needs).stat().st_mtime,
     )
     if not runs:
@@ -84,38 +167,40 @@ def latest_run(runs_dir: str | Path, needs: str = "model.pt") -> str:
     return name
 
 
-def check_same_data(run_dir: str | Path, **settings) -> None:
-    """Refuse to evaluate a run on a split that could overlap its training images.
+def require_trained_model(run_dir: str | Path, needs: str = "model.pt") -> str:
+    """Fail a training run that ended without a best model, so it exits non-zero instead of "succeeding" at nothing.
 
-    The test split is defined by every setting passed here besides ``dataset_dir`` (``split_seed``, and for
-    cross-validation ``fold``, ``num_folds``, ``probe``): evaluating the same data with another value would score
-    the model on images it trained on.
+    Without it, a run whose validation never produced a finite key metric would end with status 0, and a later
+    evaluation without ``--run_name`` would silently score some other run.
     """
-    path = Path(run_dir) / "run_info.json"
+    path = Path(run_dir) / needs
     if not path.is_file():
-        return
-    trained = json.loads(path.read_text()).get("settings", {})
-    same_data = str(trained.get("dataset_dir")) == str(settings.get("dataset_dir"))
-    if not same_data:
-        import logging
-
-        logging.getLogger(__name__).warning(
-            f"{run_dir} was trained on {trained.get('dataset_dir')} but is evaluated on {settings.get('dataset_dir')}"
-        )
-        return
-    for key, value in settings.items():
-        if key in ("dataset_dir", "dataset_format") or key not in trained or trained[key] == value:
-            continue
         raise RunDirectoryError(
-            f"{run_dir} was trained with --{key} {trained[key]}; evaluating {settings.get('dataset_dir')} "
-            f"with --{key} {value} would test on training images. Pass --{key} {trained[key]}"
+            f"training ended without writing {path}: no validation produced a finite key metric (see history.csv). "
+            "Check the validation split and --val_interval (it must be <= --epochs), then train again under this name"
         )
+    return str(run_dir)
+
+
+def epoch_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every complete epoch checkpoint of a run folder as (epoch, path), oldest first.
+
+    Complete means a whole zip archive (what ``torch.save`` writes): a file torn by a crash outside the atomic
+    writer has no central directory and is passed over, so resuming takes the newest checkpoint that loads.
+    """
+    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("*.pt") if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return sorted((epoch, p) for epoch, p in found if _complete(p))
+
+
+def _complete(path: Path) -> bool:
+    """A file that ``torch.save`` finished: a whole zip archive (a torn one lacks its central directory)."""
+    return path.is_file() and zipfile.is_zipfile(path)
 
 
 def latest_checkpoint(run_dir: str | Path) -> str | None:
-    """The newest epoch checkpoint in a run directory, or None."""
-    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))]
-    return str(max(found)[1]) if found else None
+    """The newest complete epoch checkpoint in a run directory, or None."""
+    found = epoch_checkpoints(run_dir)
+    return str(found[-1][1]) if found else None
 
 
 def checkpoint_epoch(run_dir: str | Path) -> int:
@@ -124,10 +209,19 @@ def checkpoint_epoch(run_dir: str | Path) -> int:
     return int(CHECKPOINT_PATTERN.search(Path(path).name).group(1)) if path else 0
 
 
-def write_run_info(run_dir: str | Path, settings: dict | None = None) -> dict:
-    """Record how this run was made: command line, settings, seed, library versions and git commit."""
+def write_run_info(
+    run_dir: str | Path, settings: dict | None = None, resume: bool = False, split_settings: Mapping | None = None
+) -> dict:
+    """Record how this run was made: command line, settings, seed, library versions and git commit.
+
+    A resumed run must continue the same run: a setting that differs from what the run was started with (another
+    learning rate, strategy, epoch count) is refused, naming both values. The `split_settings` are the split guard's
+    to check (:func:`medtransfer.guards.guard_split`, paths resolved).
+    """
     import monai
     import torch
+
+    from medtransfer.settings import as_flag
 
     info = {
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -142,11 +236,30 @@ def write_run_info(run_dir: str | Path, settings: dict | None = None) -> dict:
     path = Path(run_dir) / "run_info.json"
     if path.exists():  # a resumed run keeps the history of how it was started
         previous = json.loads(path.read_text())
+        if as_flag(resume, "resume"):
+            check_unchanged(run_dir, previous.get("settings", {}), info["settings"], split_keys=split_settings or ())
         info["previous"] = previous.get("previous", []) + [{k: v for k, v in previous.items() if k != "previous"}]
     from medtransfer.report import save_json  # report imports plotting; only this function needs it
 
     save_json(info, path)
     return info
+
+
+def check_unchanged(run_dir: str | Path, recorded: dict, settings: dict, split_keys: Iterable[str] = ()) -> None:
+    """Refuse to resume `run_dir` with settings other than those it was started with.
+
+    `split_keys` (and the classes) are left to :func:`medtransfer.guards.guard_split`, which compares paths resolved
+    and lets ``allow_changed_split`` through.
+    """
+    from medtransfer.errors import SettingsError
+
+    for key in sorted(set(recorded) & set(settings) - {*split_keys, "classes"}):
+        if recorded[key] != settings[key]:
+            raise SettingsError(
+                f"cannot resume {run_dir} with --{key} {settings[key]!r}: it was started with --{key} "
+                f"{recorded[key]!r}, and a resumed run must continue exactly. Pass --{key} {recorded[key]!r}, or start "
+                "a new run under another --run_name"
+            )
 
 
 def _jsonable(value):
@@ -189,15 +302,11 @@ def run_bundle_workflow(
 
 
 def training_finished(run_dir: Path) -> bool:
-    """True when the run's newest epoch checkpoint is its last epoch; a run with nothing to resume is an error."""
-    from medtransfer.errors import RunDirectoryError
-
+    """True when the run's newest epoch checkpoint is its last epoch (False for a run with no checkpoint yet)."""
     info = Path(run_dir) / "run_info.json"
     epoch = checkpoint_epoch(run_dir)
     if not info.is_file() or epoch == 0:
-        raise RunDirectoryError(
-            f"{run_dir} exists but holds no run_info.json or epoch checkpoint to resume from; delete it and run again"
-        )
+        return False
     return epoch >= int(json.loads(info.read_text())["settings"]["epochs"])
 
 
@@ -210,7 +319,7 @@ def train_then_evaluate(
     ``"trained"`` (training had finished; only the evaluation ran), for the caller's log.
     """
     run_dir = Path(run_dir)
-    if not run_dir.exists():
+    if checkpoint_epoch(run_dir) == 0:  # nothing yet, or a failed attempt that create_run_dir sets aside
         attempt = "new"
         run_bundle_workflow(train_configs, settings)
     elif not training_finished(run_dir):

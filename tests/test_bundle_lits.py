@@ -86,12 +86,16 @@ def test_real_ct_with_label_map(need, tmp_path):
     common = ["--runs_dir", str(tmp_path), "--run_name", "ct", "--dataset_format", "datalist",
               "--dataset_dir", str(datalist), "--label_map", "{'5': 1}", "--unmapped_labels", "background", *TINY]  # fmt: skip
     run_bundle([TRAIN], *common)
-    run_bundle([TRAIN, EVALUATE], *common)
+    # one case in every split: the split guard refuses to test on a training image unless told it is deliberate
+    refused = run_bundle([TRAIN, EVALUATE], *common, check=False)
+    assert refused.returncode != 0 and "test images the run trained or selected on: 1 of 1" in refused.stderr
+    run_bundle([TRAIN, EVALUATE], *common, "--allow_changed_split", "true")
     run = tmp_path / "ct"
     assert torch.load(run / "model.pt", weights_only=True)["model.2.0.conv.weight"].shape[1] == 2  # background, liver
     mask = _assert_same_grid(run / "test_masks" / "example_ct_sm_seg.nii.gz", ct / "example_ct_sm.nii.gz")
     assert set(np.unique(mask)) <= {0, 1}
     report = json.loads((run / "test_metrics.json").read_text())
+    assert report["allow_changed_split"] is True and report["split_changes"][0]["now"].startswith("1 of 1")
     truth = np.asarray(nib.load(ct / "example_seg.nii.gz").dataobj) == 5
     assert report["cases"]["example_ct_sm"]["liver"] == pytest.approx(_dice(mask, truth.astype(int), 1), abs=1e-6)
 

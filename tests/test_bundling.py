@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from medtransfer.bundling import bundle_names, bundle_path, init_bundle, list_bundles, strategy_names
 from medtransfer.data.paths import demo_data_dir
@@ -60,7 +61,7 @@ def test_mlflow_config_copy_does_not_block_a_new_run(tmp_path):
     run.mkdir()
     (run / "config_20261201_101010.json").write_text("{}")  # what `monai.bundle run --tracking mlflow` writes first
     assert create_run_dir(run) == str(run)
-    (run / "history.json").write_text("{}")
+    (run / "model.pt").write_text("{}")  # a result: the folder now holds a run
     with pytest.raises(Exception, match="already exists"):
         create_run_dir(run)
 
@@ -68,7 +69,7 @@ def test_mlflow_config_copy_does_not_block_a_new_run(tmp_path):
 def test_latest_run_finds_cross_validation_folds(tmp_path):
     for name in ("old", "cv_a/fold0", "cv_a/fold1"):
         (tmp_path / name).mkdir(parents=True)
-        (tmp_path / name / "model.pt").write_bytes(b"x")
+        torch.save({"w": torch.zeros(1)}, tmp_path / name / "model.pt")
     os.utime(tmp_path / "old" / "model.pt", (1, 1))
     os.utime(tmp_path / "cv_a" / "fold0" / "model.pt", (2, 2))
     assert latest_run(tmp_path) == "cv_a/fold1"

@@ -29,9 +29,31 @@ def medtransfer(*args: str, cwd: Path, env: dict | None = None, umask: int | Non
 
 def test_overrides_parse_like_monai_bundle_run():
     parsed = parse_overrides(
-        ["--epochs", "5", "--lr", "1e-3", "--classes", "['a', 'b']", "--amp", "True", "--run_name=x1", "--dataset_dir", "/d", "--w", "-1"]
+        [
+            "--epochs",
+            "5",
+            "--lr",
+            "1e-3",
+            "--classes",
+            "['a', 'b']",
+            "--amp",
+            "True",
+            "--run_name=x1",
+            "--dataset_dir",
+            "/d",
+            "--w",
+            "-1",
+        ]
     )
-    assert parsed == {"epochs": 5, "lr": 1e-3, "classes": ["a", "b"], "amp": True, "run_name": "x1", "dataset_dir": "/d", "w": -1}
+    assert parsed == {
+        "epochs": 5,
+        "lr": 1e-3,
+        "classes": ["a", "b"],
+        "amp": True,
+        "run_name": "x1",
+        "dataset_dir": "/d",
+        "w": -1,
+    }
     assert isinstance(parsed["epochs"], int)
 
 
@@ -120,3 +142,45 @@ def test_evaluate_without_run_name_takes_the_newest_run(tmp_path, demo_dir):
     proc = medtransfer("run", "busi_classification", "--workflow", "evaluate", *common, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "runs" / "busi_classification" / "first" / "test_metrics.json").is_file()
+
+
+def test_dashed_and_underscored_keys_name_the_same_setting():
+    assert parse_overrides(["--allow-changed-split", "true"]) == parse_overrides(["--allow_changed_split", "true"])
+
+
+def _start_run(runs: Path, bad: dict) -> None:
+    from medtransfer.launch import run
+
+    run("busi_classification", ["metalr"], overrides=[*(t for k, v in bad.items() for t in (f"--{k}", str(v))),
+                                                       "--runs_dir", str(runs)])  # fmt: skip
+
+
+def _start_cv(runs: Path, bad: dict) -> None:
+    from medtransfer.cv import run_cross_validation
+
+    run_cross_validation("pocus_classification", folds=2, overrides=bad, runs_dir=runs, name="cv")
+
+
+def _start_compare(runs: Path, bad: dict) -> None:
+    from medtransfer.workflows.compare import run_comparison
+    from medtransfer.workflows.study import Placement
+
+    run_comparison(
+        "busi_classification", ["full", "l2_sp"], seeds=[0], overrides=bad, placement=Placement(runs_dir=runs)
+    )
+
+
+def _start_transfer(runs: Path, bad: dict) -> None:
+    from medtransfer.transferability.study import train_and_evaluate
+
+    train_and_evaluate("natural_transferability", {"runs_dir": str(runs), "run_name": "pre", **bad})
+
+
+@pytest.mark.parametrize("start", [_start_run, _start_cv, _start_compare, _start_transfer])
+def test_every_entry_point_refuses_a_misspelled_setting_before_anything_runs(start, tmp_path):
+    from medtransfer.errors import SettingsError
+
+    runs = tmp_path / "runs"
+    with pytest.raises(SettingsError, match=r"unknown setting --epcohs: did you mean --epochs\?"):
+        start(runs, {"epcohs": 1})
+    assert not runs.exists()  # no study, fold or run folder was made

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ def stratified_split(
     labels: Sequence[Any] | np.ndarray,
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
+    label_names: Mapping[Any, str] | None = None,
 ) -> dict[str, list[int]]:
     """Return ``{"train", "val", "test"}`` -> sorted sample indices, stratified by label.
 
@@ -41,7 +42,7 @@ def stratified_split(
     class (within one sample). Every split with a non-zero fraction gets at least one sample of every
     class (taken from the split with most to spare), so validation metrics never miss a class; a class
     with fewer samples than non-zero splits is an error rather than a silently missing class.
-    The same labels and seed always give the same split.
+    The same labels and seed always give the same split. ``label_names`` names the classes in that error.
     """
     arr = np.asarray(labels)
     if arr.ndim == 2 and arr.shape[1] == 1:
@@ -64,8 +65,10 @@ def stratified_split(
         idx = np.flatnonzero(inverse == c)
         n = len(idx)
         if n < len(active):
+            name = (label_names or {}).get(cls.item())
+            shown = f"{name!r} (label {cls.item()})" if name else repr(cls.item())
             raise DatasetError(
-                f"class {cls!r} has {n} sample(s) but {len(active)} splits need one each; "
+                f"class {shown} has {n} sample(s) but {len(active)} splits need one each; "
                 "add samples, merge the class, or set a split's fraction to 0"
             )
         deficit = [(seen + n) * fr[j] - assigned[j] for j in range(len(fr))]
@@ -90,7 +93,8 @@ def stratified_split(
 
 def split_records(records: Sequence[dict], fractions: tuple[float, float, float], seed: int = 0) -> dict[str, list]:
     """:func:`stratified_split` applied to records by their ``"label"``: ``{"train", "val", "test"}`` -> records."""
-    idx = stratified_split([r["label"] for r in records], fractions=fractions, seed=seed)
+    names = {r["label"]: r["class_name"] for r in records if "class_name" in r}
+    idx = stratified_split([r["label"] for r in records], fractions=fractions, seed=seed, label_names=names)
     return {name: [records[i] for i in part] for name, part in idx.items()}
 
 

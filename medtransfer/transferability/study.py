@@ -51,7 +51,9 @@ def _run_info(run_dir: Path) -> dict:
 def train_and_evaluate(bundle: str | Path, overrides: Mapping[str, Any], evaluate: bool = True) -> Path:
     """Train one run of the bundle (with ``overrides``), then evaluate it on the test split; return the run dir."""
     from medtransfer.bundling import bundle_path
+    from medtransfer.launch import check_overrides
 
+    check_overrides(bundle, (), overrides)
     configs = bundle_path(bundle) / "configs"
     run_bundle_workflow([configs / "train.json"], overrides)
     if evaluate:

@@ -86,6 +86,10 @@ def launch_study(
     collect: Callable[[Path], object],
 ) -> Path:
     """Record the study (prefix: its kind's first word), run this placement's share, collect once all runs are done."""
+    from medtransfer.launch import check_overrides
+
+    for strategy in dict.fromkeys(spec.strategy for spec in specs):  # before any run starts, once per fragment
+        check_overrides(bundle, [strategy], settings.get("overrides", {}))
     study_dir = placement.folder(bundle, kind.split()[-1] if kind.endswith("sweep") else kind)
     write_study(study_dir, bundle, specs, kind, settings)
     run_study(study_dir, shard=placement.shard, devices=placement.devices, summary_line=summary_line)
