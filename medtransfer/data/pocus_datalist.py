@@ -2,7 +2,8 @@
 
 Two on-disk formats of :mod:`medtransfer.data.registry` (:data:`FORMATS`), read by :func:`pocus_datalist`:
 
-- ``pocus_videos``: the public POCUS layout (``pocus_videos/{convex,linear}/<Prefix>_*.mp4``, read by
+- ``pocus_videos``: the public POCUS layout (the repository's ``data/`` folder as it is: ``pocus_videos/{Convex,
+  Linear}/*.mp4``, classes from its ``dataset_metadata.csv`` or the file-name prefix, read by
   :func:`medtransfer.data.pocus.read_pocus_clips`). Clips are assigned to ``num_folds`` class-balanced folds
   by patient/series group (:func:`medtransfer.data.folds.train_val_test_folds`), then decoded to frames, so
   no clip, and no patient, is ever in two folds.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,14 +116,15 @@ def read_frame_folders(root: str | Path) -> list[dict[str, Any]]:
 
 
 def pocus_class_names(
-    dataset_dir: str | Path, dataset_format: str = "pocus_videos", probe: str = "convex"
+    dataset_dir: str | Path, dataset_format: str = "pocus_videos", probe: str = "convex", **clip_options: Any
 ) -> list[str]:
     """Classes present in the data, canonical order (covid19, pneumonia, regular, then others).
 
-    The public CC-BY subset has no pneumonia clips, so the head and the report follow the data rather than
-    assuming three classes; pass ``classes`` explicitly to fix them.
+    The head and the report follow the data rather than assuming three classes (a subset may lack pneumonia
+    clips); pass ``classes`` explicitly to fix them. ``clip_options`` are those of :func:`pocus_datalist`
+    (``include_images``, ``unknown_files``, ``extra_classes``), so the classes are counted over the clips trained on.
     """
-    return dataset_class_names(dataset_format, dataset_dir, probe=probe)
+    return dataset_class_names(dataset_format, dataset_dir, probe=probe, **clip_options)
 
 
 def _present_classes(records: Sequence[dict[str, Any]], dataset_dir: str | Path) -> list[str]:
@@ -132,12 +134,14 @@ def _present_classes(records: Sequence[dict[str, Any]], dataset_dir: str | Path)
     return _class_order(names)
 
 
-def _read_clips(root: str | Path, probe: str, classes: Sequence[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+def _read_clips(
+    root: str | Path, classes: Sequence[str] | None, **clip_options: Any
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The clips of ``classes`` (default: every known class present) labelled in that order, with the classes;
-    the folder is listed once."""
+    the folder is listed once. ``clip_options`` go to :func:`~medtransfer.data.pocus.read_pocus_clips`."""
     if classes is not None:
-        return read_pocus_clips(root, probe=probe, classes=classes), list(classes)
-    clips = read_pocus_clips(root, probe=probe)
+        return read_pocus_clips(root, classes=classes, **clip_options), list(classes)
+    clips = read_pocus_clips(root, **clip_options)
     present = _present_classes(clips, root)
     return [c | {"label": present.index(c["class_name"])} for c in clips], present
 
@@ -193,12 +197,12 @@ def _video_records(
     num_folds: int,
     classes: Sequence[str] | None,
     val_fraction: float,
-    probe: str,
     fps: float | None,
     max_frames: int | None,
     image_size: int | None,
+    **clip_options: Any,
 ) -> Records:
-    clips, classes = _read_clips(root, probe, classes)
+    clips, classes = _read_clips(root, classes, **clip_options)
     parts = train_val_test_folds(
         [c["label"] for c in clips], [c["group"] for c in clips], k=num_folds, test_fold=fold, seed=seed,
         val_fraction=val_fraction,
@@ -216,8 +220,9 @@ def _video_records(
 
 def _split_reader(extracted: bool) -> Callable[..., Records]:
     """The records function of ``pocus_frames`` (``extracted``) or ``pocus_videos``, with one set of options so that
-    the same bundle settings serve both; frames are read as extracted, so the decoding options (``probe``, ``fps``,
-    ``max_frames``, ``image_size``) do not apply to them."""
+    the same bundle settings serve both; frames are read as extracted, so the clip listing and decoding options
+    (``probe``, ``include_images``, ``unknown_files``, ``extra_classes``, ``fps``, ``max_frames``, ``image_size``)
+    do not apply to them."""
 
     def records(
         root: Path,
@@ -229,6 +234,9 @@ def _split_reader(extracted: bool) -> Callable[..., Records]:
         classes: Sequence[str] | None = None,
         val_fraction: float = 0.15,
         probe: str = "convex",
+        include_images: bool = False,
+        unknown_files: str = "error",
+        extra_classes: Mapping[str, str] | None = None,
         fps: float | None = 3.0,
         max_frames: int | None = 30,
         image_size: int | None = 64,
@@ -236,10 +244,33 @@ def _split_reader(extracted: bool) -> Callable[..., Records]:
         if extracted:
             return _frame_records(root, split, seed, fold, num_folds, classes, val_fraction)
         return _video_records(
-            root, split, seed, fold, num_folds, classes, val_fraction, probe, fps, max_frames, image_size
-        )
+            root, split, seed, fold, num_folds, classes, val_fraction, fps, max_frames, image_size,
+            probe=probe, include_images=include_images, unknown_files=unknown_files, extra_classes=extra_classes,
+        )  # fmt: skip
 
     return records
+
+
+def _class_reader(extracted: bool) -> Callable[..., list[str]]:
+    """The class-names function of ``pocus_frames`` (``extracted``: the class folders) or ``pocus_videos`` (the
+    classes of the clips listed with the same options as :func:`_split_reader`'s)."""
+
+    def classes(
+        root: Path,
+        *,
+        probe: str = "convex",
+        include_images: bool = False,
+        unknown_files: str = "error",
+        extra_classes: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        if extracted:
+            return _present_classes(read_frame_folders(root), root)
+        return _read_clips(
+            root, None, probe=probe, include_images=include_images, unknown_files=unknown_files,
+            extra_classes=extra_classes,
+        )[1]  # fmt: skip
+
+    return classes
 
 
 def pocus_datalist(
@@ -248,7 +279,10 @@ def pocus_datalist(
     """Frame records of ``split`` ("train", "val" or "test") for test fold ``fold`` of ``num_folds``.
 
     Options (keywords): ``fold`` (0), ``num_folds`` (5), ``classes`` (default: those present), ``val_fraction``
-    (0.15) and, for ``pocus_videos``, ``probe`` ("convex"), ``fps`` (3.0), ``max_frames`` (30), ``image_size`` (64).
+    (0.15) and, for ``pocus_videos``, ``probe`` ("convex", "linear" or "all"), ``include_images`` (False: also the
+    still images of ``pocus_images/``), ``unknown_files`` ("error" or "skip": files with no known class),
+    ``extra_classes`` (further prefixes or metadata labels -> class names; see
+    :func:`~medtransfer.data.pocus.read_pocus_clips`), ``fps`` (3.0), ``max_frames`` (30), ``image_size`` (64).
     Videos are sampled at ``fps`` frames per second (3, as POCOVID-Net), at most ``max_frames`` per clip spread over
     the whole clip, and resized to ``image_size`` squared while decoding so that caching all frames stays small.
     The same ``seed`` and ``fold`` in training and evaluation give the same test clips, which training never sees.
@@ -292,17 +326,19 @@ def extract_pocus_frames(
     fps: float | None = 3.0,
     max_frames: int | None = 30,
     image_size: int | None = None,
+    **clip_options: Any,
 ) -> Path:
     """Write the clips of a POCUS video layout as ``out/fold<i>/<class>/<clip>_<frame>.png`` (patient-grouped folds).
 
     Decoding once and training from PNGs is faster for long studies and gives a frame set others can reuse; the
     result is read back with ``dataset_format="pocus_frames"``. ``out_dir`` must not exist yet (nothing is
-    overwritten).
+    overwritten). ``clip_options`` (``include_images``, ``unknown_files``, ``extra_classes``) select the clips as in
+    :func:`pocus_datalist`.
     """
     out = Path(out_dir)
     if out.exists():
         raise DatasetError(f"{out} already exists; choose a new folder for the extracted frames or delete it")
-    clips, _ = _read_clips(dataset_dir, probe, classes)
+    clips, _ = _read_clips(dataset_dir, classes, probe=probe, **clip_options)
     folds = grouped_stratified_kfold([c["label"] for c in clips], [c["group"] for c in clips], k=num_folds, seed=seed)
     for f, members in enumerate(folds):
         for i in members:
@@ -318,11 +354,12 @@ def extract_pocus_frames(
 FORMATS = (
     DatasetFormat(
         "pocus_videos",
-        "{root}/pocus_videos/{{convex,linear}}/<Cov|Pneu|Reg|Vir>_*.mp4 and {root}/pocus_images/{{convex,linear}}/",
+        "{root}/pocus_videos/{{convex,linear}}/*.mp4 (any case: Convex/) and {root}/pocus_images/{{convex,linear}}/; "
+        "class from {root}/dataset_metadata.csv (Filename, Label), else the prefix <Cov|Pneu|Reg|Vir>_ (any case)",
         "https://github.com/jannisborn/covid19_ultrasound (data/pocus_videos, data/pocus_images)",
         "num_folds (5) class-balanced folds by patient group, fold (0) as test, val by patient group from the others",
         _split_reader(extracted=False),
-        lambda root, *, probe="convex": _read_clips(root, probe, None)[1],
+        _class_reader(extracted=False),
     ),
     DatasetFormat(
         "pocus_frames",
@@ -331,6 +368,6 @@ FORMATS = (
         "train/val/test folders as given (val by clip group from train/ when absent), or one folder per fold: "
         "fold (0) as test, val by clip group from the others",
         _split_reader(extracted=True),
-        lambda root, *, probe=None: _present_classes(read_frame_folders(root), root),
+        _class_reader(extracted=True),
     ),
 )
