@@ -139,7 +139,9 @@ def _sweep(args: argparse.Namespace) -> None:
 
 def _study_options(p: argparse.ArgumentParser, default_seeds: int) -> None:
     """The options every multi-run study shares: seeds or folds, where, slices, devices, collect."""
-    p.add_argument("--bundle", default=None, help="an installed bundle name or a bundle folder (required unless --collect)")
+    p.add_argument(
+        "--bundle", default=None, help="an installed bundle name or a bundle folder (required unless --collect)"
+    )
     p.add_argument("--seeds", type=int, default=default_seeds, help="run seeds 0 .. N-1")
     p.add_argument("--seed", type=int, action="append", default=None, help="run exactly this seed (repeat)")
     p.add_argument("--folds", type=int, default=None,
@@ -169,7 +171,8 @@ def _pocus_frames(args: argparse.Namespace) -> None:
 
     out = extract_pocus_frames(
         args.dataset_dir, args.out_dir, num_folds=args.folds, seed=args.seed, probe=args.probe, fps=args.fps,
-        max_frames=args.max_frames, image_size=args.image_size,
+        max_frames=args.max_frames, image_size=args.image_size, unknown_files=args.unknown_files,
+        include_images=args.include_images,
     )  # fmt: skip
     print(f"wrote patient-grouped folds of frames to {out} (read them with --dataset_format pocus_frames)")
 
@@ -233,6 +236,15 @@ def _transfer(args: argparse.Namespace) -> None:
                     f"{score} vs T over {len(rows)} datasets: Spearman {values['spearman']:.3f}, "
                     f"Kendall {values['kendall']:.3f}"
                 )
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from medtransfer.doctor import diagnose
+
+    diagnosis = diagnose(args.dataset_dir, args.dataset_format, split_seed=args.split_seed)
+    diagnosis.save(json_path=args.json, csv_path=args.csv)
+    print(diagnosis.report())
+    return diagnosis.exit_status
 
 
 def _data_root(args: argparse.Namespace) -> None:
@@ -411,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     _study_options(q, default_seeds=1)
-    q.add_argument("--metric", default="auc", choices=("auc", "accuracy", "macro_f1", "mean_dice"), help="the metric plotted")
+    q.add_argument(
+        "--metric", default="auc", choices=("auc", "accuracy", "macro_f1", "mean_dice"), help="the metric plotted"
+    )
     q.set_defaults(func=_sweep)
 
     p = sub.add_parser("pocus-frames", help="decode POCUS clips into patient-grouped fold folders of PNG frames")
@@ -423,6 +437,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=3.0, help="frames taken per second of video")
     p.add_argument("--max-frames", type=int, default=30, help="at most this many frames per clip")
     p.add_argument("--image-size", type=int, default=None, help="resize frames to this square size (default: keep)")
+    p.add_argument(
+        "--unknown-files",
+        "--unknown_files",
+        default="error",
+        choices=("error", "skip"),
+        help="a file with no class in dataset_metadata.csv nor a known name prefix: stop, or leave it out",
+    )
+    p.add_argument(
+        "--include-images",
+        "--include_images",
+        action="store_true",
+        help="also take the still images of pocus_images/ (one frame each)",
+    )
     p.set_defaults(func=_pocus_frames)
 
     p = sub.add_parser("transfer", help="layer-wise transferability: pretrain, finetune, measure, study, regress")
@@ -502,6 +529,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data-root", help="where the real data is looked for")
     p.set_defaults(func=_data_root)
+
+    p = sub.add_parser(
+        "doctor",
+        help="list every problem of a dataset that would stop or spoil a training run, in one table",
+        description="Read a dataset as a training run would (same reader, split rule and split seed) and list every "
+        "problem found: unreadable files, empty or single-image classes, masks without images, label/shape "
+        "mismatches, duplicates across splits. Exits 1 when any problem would stop a run.",
+    )
+    p.add_argument("dataset_dir", help="the dataset folder (a MedMNIST .npz or datalist JSON file itself)")
+    p.add_argument(
+        "--format", "--dataset_format", dest="dataset_format", required=True, metavar="FORMAT",
+        help="busi, medmnist, imagefolder, pocus_videos, pocus_frames, the natural-image sets "
+        "(medtransfer.data.format_names()), or lits, msd, datalist",
+    )  # fmt: skip
+    p.add_argument("--split-seed", "--split_seed", dest="split_seed", type=int, default=0, metavar="N",
+                   help="the split seed of the run to check (the bundles' split_seed)")  # fmt: skip
+    p.add_argument("--json", default=None, metavar="FILE", help="also save the table and counts as JSON")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also save the table as CSV")
+    p.set_defaults(func=_doctor)
     return parser
 
 
@@ -513,20 +559,25 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from medtransfer.errors import RunInterrupted
     from medtransfer.launch import project_error, report_error
 
     try:
-        args.func(args)
+        status = args.func(args)  # commands that report their own outcome (doctor) return an exit status
+    except KeyboardInterrupt:
+        print("interrupted: runs resume from their last complete epoch checkpoint with --resume", file=sys.stderr)
+        return 130
     except Exception as exc:
+        status = 130 if isinstance(project_error(exc), RunInterrupted) else 2
         if args.command == "run":
             report_error(exc, show_traceback=args.traceback, stream=sys.stderr)
-            return 2
+            return status
         err = project_error(exc)
         if err is None:
             raise
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return status
+    return int(status or 0)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ BUSI_CLASSES = ("benign", "malignant", "normal")
 BUSI_FRACTIONS = (0.7, 0.15, 0.15)  # train/val/test: BUSI ships without a split
 
 # "benign (4).png" -> stem "benign (4)", index 4. Checked after the mask pattern, so masks never match.
-_IMAGE_RE = re.compile(r"^(?P<stem>.+ \((?P<index>\d+)\))(?P<ext>\.[A-Za-z]+)$")
+IMAGE_NAME = re.compile(r"^(?P<stem>.+ \((?P<index>\d+)\))(?P<ext>\.[A-Za-z]+)$")
 # "benign (4)_mask.png" -> stem "benign (4)", k None; "benign (4)_mask_1.png" -> k 1.
-_MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<k>\d+))?\.png$", re.IGNORECASE)
+MASK_NAME = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<k>\d+))?\.png$", re.IGNORECASE)
 
 
 def _image_size(path: Path, what: str) -> tuple[int, int]:
@@ -47,12 +47,12 @@ def _scan_class(folder: Path) -> tuple[dict[str, tuple[int, Path]], dict[str, li
         name = entry.name
         if name.startswith(".") or not entry.is_file():
             continue
-        m = _MASK_RE.match(name)
+        m = MASK_NAME.match(name)
         if m:
             k = -1 if m.group("k") is None else int(m.group("k"))
             masks.setdefault(m.group("stem"), []).append((k, Path(entry.path)))
             continue
-        m = _IMAGE_RE.match(name)
+        m = IMAGE_NAME.match(name)
         if m and m.group("ext").lower() in IMAGE_EXTENSIONS:
             stem = m.group("stem")
             if stem in images:
