@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from medtransfer.errors import CheckpointWriteError
+from medtransfer.errors import CheckpointWriteError, find_in_chain
 
 
 def current_umask() -> int:
@@ -98,22 +98,11 @@ def save_torch_atomic(obj: object, path: Path | str, previous: Path | str | None
                 os.fsync(f.fileno())
         fsync_directory(path.parent)
     except (OSError, RuntimeError) as exc:
-        cause = _os_error(exc)
+        cause = find_in_chain(exc, OSError)
         if cause is None:
             raise
         raise CheckpointWriteError(_write_failure(path, cause, previous)) from exc
     return path
-
-
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind `exc` (torch wraps a failed write in a RuntimeError from its C++ writer)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def _write_failure(path: Path, cause: OSError, previous: Path | str | None) -> str:

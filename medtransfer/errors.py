@@ -1,5 +1,26 @@
 """Error types whose messages name the offending file and say how to fix it."""
 
+from __future__ import annotations
+
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def find_in_chain(exc: BaseException | None, kind: type[E]) -> E | None:
+    """The first exception of type `kind` in `exc`'s chain of causes and contexts, or None.
+
+    Config expressions wrap what they raise in ``RuntimeError("Failed to evaluate ...")`` and torch wraps failed
+    writes, so the error worth reporting is often a few links down.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
 
 class MedTransferError(Exception):
     """Base class: every error medtransfer raises on bad input."""

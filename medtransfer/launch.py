@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medtransfer.bundling import bundle_path, strategy_path
-from medtransfer.errors import BundleError, MedTransferError, RunInterrupted
+from medtransfer.errors import BundleError, MedTransferError, RunInterrupted, find_in_chain
 
 WORKFLOWS = {
     "train": ("train.json",),
@@ -165,13 +165,7 @@ def project_error(exc: BaseException) -> MedTransferError | None:
     Bundle runs wrap what their config expressions raise in ``RuntimeError("Failed to evaluate ...")``, which would
     bury the message that names the file and the fix under a long traceback.
     """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, MedTransferError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return find_in_chain(exc, MedTransferError)
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -109,7 +109,9 @@ def check_override_keys(
     """Refuse an override that names no setting of the merged config, listing the closest valid ones.
 
     MONAI would add an unknown key to the config and go on with the default, so ``--epcohs 1`` trains for the
-    default number of epochs. `ignore` are arguments that are not config settings (``run_id``, ``tracking``, ...).
+    default number of epochs. A new key inside an existing component (``train#trainer#epoch_length``) is an
+    argument for it and passes (its constructor refuses a wrong one). `ignore` are arguments that are not config
+    settings (``run_id``, ``tracking``, ...).
     """
     from monai.bundle import ConfigParser
 
@@ -118,8 +120,9 @@ def check_override_keys(
     known = known_keys(parser.get())
     skipped = set(ignore)
     for key in overrides:
-        if key in skipped or key in known:
-            continue
+        parent = key.rpartition("#")[0]
+        if key in skipped or key in known or parent in known and isinstance(parser.get(parent), Mapping):
+            continue  # a setting, or a new argument of an existing component (``train#trainer#epoch_length``)
         top_level = sorted(k for k in known if "#" not in k)
         close = difflib.get_close_matches(key, top_level, n=3, cutoff=0.6)
         hint = f"did you mean {', '.join('--' + c for c in close)}?" if close else "it is not a setting of this bundle"

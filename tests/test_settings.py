@@ -17,6 +17,9 @@ def test_a_misspelled_override_names_the_closest_settings(tmp_path):
     config = tmp_path / "train.json"
     config.write_text('{"epochs": 10, "lr": 0.001, "train": {"dataset": {"cache_rate": 1.0}}}')
     check_override_keys([config], ["epochs", "train#dataset#cache_rate", "run_id"], ignore=["run_id"])
+    check_override_keys([config], ["train#dataset#num_workers"])  # a new argument of an existing component
+    with pytest.raises(SettingsError, match="unknown setting --train#datset#cache_rate"):
+        check_override_keys([config], ["train#datset#cache_rate"])
     with pytest.raises(SettingsError, match=r"unknown setting --epcohs: did you mean --epochs\?"):
         check_override_keys([config], ["epcohs"])
     with pytest.raises(SettingsError, match=r"unknown setting --zzz: it is not a setting"):

@@ -90,6 +90,7 @@ def test_fragment_merges_onto_bundle_and_trains_one_iteration(bundle, fragment, 
     overrides = {
         **TINY[bundle], "epochs": 1, "batch_size": 2, "runs_dir": str(tmp_path), "run_name": "one",
         "train#trainer#epoch_length": 1, "validate#evaluator#epoch_length": 1,
+        "validate#dataloader#batch_size": 64,  # one validation batch holding every class: a finite AUC, so a model.pt
     }  # fmt: skip
     workflow = run_bundle_workflow([configs / "train.json", strategy_path(fragment)], overrides)
     trainer = workflow.parser.get_parsed_content("train#trainer")
