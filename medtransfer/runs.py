@@ -38,9 +38,9 @@ def create_run_dir(path: str | Path, resume: bool = False) -> str:
     """Create `path` for a new run, or check it holds a run to resume; either way, lock it for this process.
 
     A new run refuses a folder holding a previous run, so a second run with the same name cannot destroy the first
-    one's results. A folder without any checkpoint (epoch or best model) is a failed attempt (it died before its first
-    epoch ended): its files are set aside in ``failed_attempts/<time>/`` and the run starts afresh under its name. The lock
-    (:func:`lock_run_dir`) keeps a second process from training or resuming the same run at the same time.
+    one's results. A folder without any checkpoint (epoch or best model) is a failed attempt (it died before its
+    first epoch ended): its files are set aside in ``failed_attempts/<time>/`` and the run starts afresh under its
+    name. The lock (:func:`lock_run_dir`) keeps a second process from training or resuming the same run at once.
     """
     from medtransfer.settings import as_flag
 
