@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import sys
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -85,6 +86,27 @@ def check_overrides(bundle: str | Path, strategies: Sequence[str], overrides: Ma
         if (f := bundle_path(bundle) / "configs" / WORKFLOWS[step][-1]).is_file()
     ]
     check_override_keys(files, overrides, ignore=_RUN_ARGUMENTS)
+
+
+def check_monai_command_line(argv: Sequence[str] | None = None) -> None:
+    """Under ``python -m monai.bundle run``, refuse a misspelled override on that command line too.
+
+    MONAI adds an unknown key to the config without a word, so the bundles call this first in ``initialize``: the
+    plain MONAI command then gets the check ``medtransfer run`` makes. In any other process (``medtransfer run``, a
+    study, a test) it does nothing; those check their overrides before a workflow starts.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or not Path(argv[0]).as_posix().endswith("monai/bundle/__main__.py") or argv[1] != "run":
+        return
+    try:
+        settings = parse_overrides(argv[2:])
+    except BundleError:
+        return  # MONAI's own parser has the last word on its command line
+    files = settings.pop("config_file", None)
+    if files:
+        from medtransfer.settings import check_override_keys
+
+        check_override_keys([files] if isinstance(files, str) else list(files), settings, ignore=_RUN_ARGUMENTS)
 
 
 def interrupted_message(bundle: str | Path, settings: Mapping[str, Any]) -> str:

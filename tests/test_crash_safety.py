@@ -195,3 +195,10 @@ def test_ctrl_c_says_which_checkpoint_is_kept_and_how_to_continue(demo_dir, tmp_
         f"error: interrupted: run {tmp_path / 'stop'} keeps its last complete checkpoint checkpoint_"
     )
     assert last.endswith("continue it exactly with the same command plus --run_name stop --resume true")
+
+
+def test_python_m_monai_bundle_run_refuses_a_misspelled_setting(tmp_path):
+    proc = run_bundle([TRAIN], "--runs_dir", str(tmp_path), "--epcohs", "1", check=False)
+    assert proc.returncode != 0
+    assert "unknown setting --epcohs: did you mean --epochs?" in proc.stderr
+    assert not any(tmp_path.iterdir())  # refused before a run folder or demo data was made

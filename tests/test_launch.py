@@ -184,3 +184,16 @@ def test_every_entry_point_refuses_a_misspelled_setting_before_anything_runs(sta
     with pytest.raises(SettingsError, match=r"unknown setting --epcohs: did you mean --epochs\?"):
         start(runs, {"epcohs": 1})
     assert not runs.exists()  # no study, fold or run folder was made
+
+
+def test_the_plain_monai_command_line_is_checked_too():
+    from medtransfer.errors import SettingsError
+    from medtransfer.launch import check_monai_command_line
+
+    monai_main = "/venv/lib/site-packages/monai/bundle/__main__.py"
+    configs = bundle_path("busi_classification") / "configs"
+    both = f"['{configs / 'train.json'}', '{configs / 'evaluate.json'}']"
+    check_monai_command_line([monai_main, "run", "--config_file", both, "--epochs", "1", "--eval_split", "val"])
+    with pytest.raises(SettingsError, match=r"unknown setting --epcohs: did you mean --epochs\?"):
+        check_monai_command_line([monai_main, "run", "--config_file", both, "--epcohs", "1"])
+    check_monai_command_line(["medtransfer", "run", "--epcohs", "1"])  # other processes check before a run starts
