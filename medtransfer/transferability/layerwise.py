@@ -6,19 +6,25 @@ plots) ``T = D(θr, θFB) / D(θA, θFB)``: θr is the random initialisation pre
 weights, θFB the weights after fine-tuning θA on task B, and D the mean absolute element-wise difference. A large T
 means fine-tuning stayed much closer to the pre-trained weights than to random ones: the layer transferred.
 
-Two modes, because the paper's number and "every parameter" answer different questions:
+Three modes, because the paper's number and "every parameter" answer different questions:
 
-``paper`` (the published definition)
+``paper`` (the published definition and its reference computation, ``cal_transferability.py``)
     Only weight kernels/matrices count: the ``weight`` of Conv/ConvTranspose (any dimension) and Linear modules, and
     MultiheadAttention's input projections (``in_proj_weight``, ``q/k/v_proj_weight``). Biases, norm layers (BN/LN/GN
-    affine), PReLU slopes, class tokens and position embeddings do not count. Each counted tensor gets its own T and
-    the group's T is the mean of those, so a ResNet-50 bottleneck's three convs give one value (18 layers in all).
+    affine), PReLU slopes, class tokens and position embeddings do not count. Each counted tensor k gets its own
+    D_k (mean absolute difference over its elements), and the group's T is a ratio of means,
+    T = mean_k D_k(θr, θFB) / mean_k D_k(θA, θFB), as the reference code averages D over a bottleneck's three convs
+    before dividing; a ResNet-50 bottleneck gives one value (18 layers in all).
     Residual shortcut convs (a module path component ``downsample``, ``shortcut`` or MONAI's ``residual``) are left out
     unless ``include_shortcut=True``: the paper speaks of "the three convs of a bottleneck", the main path. The same
     rule gives ViTs their Linear/attention weights and MONAI U-Nets their conv weights.
 ``full``
     D over all parameters of the group (all elements of all tensors pooled), T = D(θr, θFB) / D(θA, θFB). Buffers
     (BN running statistics) are not parameters and never count.
+``tensor_mean``
+    The tensors of ``paper``, but the mean of the per-tensor ratios, mean_k [D_k(θr, θFB) / D_k(θA, θFB)]: every
+    conv of a block weighs the same in T whatever its distances (medtransfer's ``paper`` mode before it followed the
+    reference; it differs where a block's convs moved by different amounts, e.g. 1.314 against 1.304).
 
 The head (the last group) is re-initialised when the target task has other classes; then it cannot be compared with
 θA or θr, and the fine-tuning run's own head initialisation θB0 is used for both distances, which gives exactly T = 1.
@@ -44,7 +50,7 @@ from medtransfer.layers import LayerGroup, layer_groups
 from medtransfer.models import build_classifier, read_state_dict, strip_wrapper_prefix
 from medtransfer.report import legend, markdown_table, save_figure, save_json, series_styles
 
-MODES = ("paper", "full")
+MODES = ("paper", "full", "tensor_mean")
 SHORTCUT_NAMES = ("downsample", "shortcut", "residual")
 """Module names of residual shortcut paths (torchvision ResNet, common custom nets, MONAI ResidualUnit)."""
 
@@ -67,9 +73,10 @@ StateDict = Mapping[str, torch.Tensor]
 class LayerT:
     """T of one layer group.
 
-    ``d_init_ft`` and ``d_pre_ft`` are D(θr, θFB) and D(θA, θFB) over the counted tensors pooled; in ``paper`` mode
-    ``t`` is the mean of per-tensor ratios, so it need not equal their ratio. For a re-initialised head both are
-    D(θB0, θFB). ``t`` is NaN when undefined, and ``note`` then says why.
+    ``d_init_ft`` and ``d_pre_ft`` are D(θr, θFB) and D(θA, θFB): in ``paper`` mode the means of the per-tensor D
+    over the tensors fine-tuning moved (so ``t`` is their ratio), in the other modes over the counted tensors
+    pooled (in ``tensor_mean`` mode ``t`` is the mean of per-tensor ratios and need not equal their ratio). For a
+    re-initialised head both are D(θB0, θFB). ``t`` is NaN when undefined, and ``note`` then says why.
     """
 
     name: str
@@ -240,17 +247,21 @@ def _group_t(
         if d_pre == 0:
             return math.nan, d_init, d_pre, numel, _UNCHANGED
         return d_init / d_pre, d_init, d_pre, numel, ""
-    ratios = [si / sp for si, sp in zip(sums_init, sums_pre, strict=True) if sp > 0]  # the numels cancel
-    if not ratios:
+    moved = [k for k, sp in enumerate(sums_pre) if sp > 0]  # a frozen tensor has no T
+    if not moved:
         return math.nan, d_init, d_pre, numel, _UNCHANGED
     note = ""
-    if len(ratios) < len(names):
-        frozen = len(names) - len(ratios)
+    if len(moved) < len(names):
         note = (
-            f"{frozen} of {len(names)} weight tensors unchanged by fine-tuning (frozen?); "
-            f"T averages the other {len(ratios)}"
+            f"{len(names) - len(moved)} of {len(names)} weight tensors unchanged by fine-tuning (frozen?); "
+            f"T is over the other {len(moved)}"
         )
-    return math.fsum(ratios) / len(ratios), d_init, d_pre, numel, note
+    if mode == "tensor_mean":
+        ratios = [sums_init[k] / sums_pre[k] for k in moved]  # the numels cancel
+        return math.fsum(ratios) / len(ratios), d_init, d_pre, numel, note
+    d_init = math.fsum(sums_init[k] / sizes[k] for k in moved) / len(moved)
+    d_pre = math.fsum(sums_pre[k] / sizes[k] for k in moved) / len(moved)
+    return d_init / d_pre, d_init, d_pre, numel, note
 
 
 def layerwise_transferability(

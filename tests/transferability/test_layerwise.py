@@ -88,9 +88,11 @@ def _expected_resnet(model: nn.Module, a: dict[str, float], b: dict[str, float],
         by_group.setdefault(_resnet_group(name), []).append((name, p))
     expected = {}
     for group, members in by_group.items():
-        if mode == "paper":
-            ratios = [abs(a[n] + b[n]) / abs(b[n]) for n, p in members if _paper_counts(n, p)]
-            expected[group] = sum(ratios) / len(ratios)
+        counted = [n for n, p in members if _paper_counts(n, p)]
+        if mode == "paper":  # the reference: mean_k D_k(θr, θFB) / mean_k D_k(θA, θFB), D_k constant per tensor
+            expected[group] = sum(abs(a[n] + b[n]) for n in counted) / sum(abs(b[n]) for n in counted)
+        elif mode == "tensor_mean":
+            expected[group] = sum(abs(a[n] + b[n]) / abs(b[n]) for n in counted) / len(counted)
         else:
             num = sum(p.numel() * abs(a[n] + b[n]) for n, p in members)
             den = sum(p.numel() * abs(b[n]) for n, p in members)
@@ -139,7 +141,7 @@ def _exact(model, mode: str):
     return result, expected
 
 
-@pytest.mark.parametrize("mode", ["paper", "full"])
+@pytest.mark.parametrize("mode", ["paper", "full", "tensor_mean"])
 def test_resnet18_exact_t_per_layer(mode: str) -> None:
     result, expected = _exact(torchvision.models.resnet18(weights=None, num_classes=4), mode)
     assert [la.name for la in result.layers] == RESNET18_GROUPS
@@ -149,7 +151,7 @@ def test_resnet18_exact_t_per_layer(mode: str) -> None:
     assert result.overall == pytest.approx(sum(body) / len(body), rel=1e-9)
     assert result.most_transferable == max(RESNET18_GROUPS[:-1], key=expected.__getitem__)
     assert result.mode == mode
-    if mode == "paper":  # two main-path convs per basic block; the stem conv; fc.weight
+    if mode != "full":  # two main-path convs per basic block; the stem conv; fc.weight
         assert [la.n_tensors for la in result.layers] == [1] + [2] * 8 + [1]
 
 
@@ -163,21 +165,44 @@ def test_state_dicts_of_wrapped_models_give_the_same_t() -> None:
     assert _t(layerwise_transferability(model, init, ddp, compiled)) == _t(plain)
 
 
-@pytest.mark.parametrize("mode", ["paper", "full"])
+@pytest.mark.parametrize("mode", ["paper", "full", "tensor_mean"])
 def test_resnet50_exact_t_per_layer(mode: str) -> None:
     result, expected = _exact(torchvision.models.resnet50(weights=None, num_classes=3), mode)
     assert len(result.layers) == 18
     assert [la.name for la in result.layers] == list(expected)
-    if mode == "paper":  # three convs per bottleneck, downsample excluded
+    if mode != "full":  # three convs per bottleneck, downsample excluded
         assert [la.n_tensors for la in result.layers] == [1] + [3] * 16 + [1]
+
+
+def test_paper_mode_is_the_reference_ratio_of_means_not_the_mean_of_ratios() -> None:
+    """A ResNet-50 whose bottleneck convs moved by different known amounts: the two definitions disagree, and paper
+    mode gives the reference's mean_k D_k(θr, θFB) / mean_k D_k(θA, θFB), computed here by hand."""
+    model = torchvision.models.resnet50(weights=None, num_classes=3)
+    pretrained = _base(model)
+    moves = {"conv1": (0.01, 2.0), "conv2": (0.04, 1.2), "conv3": (0.02, 1.5)}  # |θFB - θA| and T of each conv
+    init, finetuned = {}, {}
+    for name, tensor in pretrained.items():
+        conv = name.rsplit(".", 2)[-2] if name.count(".") >= 2 else ""
+        step, t = moves.get(conv, (0.03, 1.1)) if name.endswith(".weight") else (0.03, 1.1)
+        finetuned[name] = tensor + step if tensor.is_floating_point() else tensor.clone()
+        init[name] = tensor - (t - 1) * step if tensor.is_floating_point() else tensor.clone()
+    paper = _t(layerwise_transferability(model, init, pretrained, finetuned, mode="paper"))
+    per_tensor = _t(layerwise_transferability(model, init, pretrained, finetuned, mode="tensor_mean"))
+    steps_and_ts = list(moves.values())
+    reference = sum(s * t for s, t in steps_and_ts) / sum(s for s, _ in steps_and_ts)  # (0.02+0.048+0.03)/0.07
+    mean_of_ratios = sum(t for _, t in steps_and_ts) / 3
+    for block in ("layer1.0", "layer2.3", "layer4.2"):
+        assert paper[block] == pytest.approx(reference, rel=1e-9)
+        assert per_tensor[block] == pytest.approx(mean_of_ratios, rel=1e-9)
+    assert abs(reference - mean_of_ratios) > 0.1  # 1.400 against 1.567: the definitions disagree here
 
 
 def _paper_vector_states(model: nn.Module) -> tuple[State, State, State, State]:
     """θr, θA, θFB, θB0 whose per-layer paper T is PAPER_CIFAR10_RESNET50, head re-sized 1000 -> 10 classes.
 
     Per tensor: θFB = θA + s and θr = θA - (T - 1) s, so D(θr, θFB) = T |s| and D(θA, θFB) = |s|. The three convs of a
-    bottleneck get v - 0.5, v, v + 0.5 (mean v); the downsample conv gets 50 and BN parameters get arbitrary changes,
-    which the paper definition must ignore.
+    bottleneck share one s and get v - 0.5, v, v + 0.5 (the reference's ratio of means is then v); the downsample conv
+    gets 50 and BN parameters get arbitrary changes, which the paper definition must ignore.
     """
     pretraining = torchvision.models.resnet50(weights=None, num_classes=1000)
     pretrained = _base(pretraining)
@@ -188,7 +213,10 @@ def _paper_vector_states(model: nn.Module) -> tuple[State, State, State, State]:
         if not tensor.is_floating_point() or name.startswith("fc."):
             init[name], finetuned[name] = tensor.clone(), tensor.clone()
             continue
-        step = 0.01 * (1 + k % 5)
+        # one step per block (the counted convs of a block move alike, so the mean of their T is the block's T) and
+        # another for the rest of the tensors
+        counted_conv = name.endswith(".weight") and tensor.ndim == 4
+        step = 0.01 * (1 + groups.index(_resnet_group(name)) % 5) if counted_conv else 0.01 * (1 + k % 5)
         v = value[_resnet_group(name)]
         conv = name.rsplit(".", 2)[-2]
         if "downsample.0" in name:
@@ -401,7 +429,7 @@ def test_vision_transformer_counts_linear_and_attention_weights() -> None:
     def d(x: State, y: State, n: str) -> float:
         return (x[n] - y[n]).abs().mean().item()
 
-    expected = sum(d(init, finetuned, n) / d(pretrained, finetuned, n) for n in counted) / 4
+    expected = sum(d(init, finetuned, n) for n in counted) / sum(d(pretrained, finetuned, n) for n in counted)
     assert result.layers[2].t == pytest.approx(expected, rel=1e-9)
     assert all(math.isfinite(la.t) and la.t > 1 for la in result.layers)
     full = layerwise_transferability(model, init, pretrained, finetuned, mode="full")
