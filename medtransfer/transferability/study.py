@@ -25,7 +25,7 @@ import numpy as np
 from medtransfer.atomic import write_text_atomic
 from medtransfer.data.registry import dataset_records
 from medtransfer.report import markdown_table, save_json
-from medtransfer.runs import run_bundle_workflow
+from medtransfer.runs import run_bundle_workflow, train_then_evaluate
 from medtransfer.transferability.features import extract_features
 from medtransfer.transferability.layerwise import (
     TransferabilityResult,
@@ -49,16 +49,23 @@ def _run_info(run_dir: Path) -> dict:
 
 
 def train_and_evaluate(bundle: str | Path, overrides: Mapping[str, Any], evaluate: bool = True) -> Path:
-    """Train one run of the bundle (with ``overrides``), then evaluate it on the test split; return the run dir."""
+    """Train one run of the bundle (with ``overrides``), then evaluate it on the test split; return the run dir.
+
+    Run again, the same command continues: a finished training is only evaluated, an interrupted one resumes
+    (:func:`medtransfer.runs.train_then_evaluate`).
+    """
     from medtransfer.bundling import bundle_path
     from medtransfer.launch import check_overrides
 
     check_overrides(bundle, (), overrides)
     configs = bundle_path(bundle) / "configs"
-    run_bundle_workflow([configs / "train.json"], overrides)
+    run_dir = Path(overrides["runs_dir"]) / str(overrides["run_name"])
     if evaluate:
-        run_bundle_workflow([configs / "train.json", configs / "evaluate.json"], overrides)
-    return Path(overrides["runs_dir"]) / str(overrides["run_name"])
+        train_then_evaluate(run_dir, [configs / "train.json"], [configs / "train.json", configs / "evaluate.json"],
+                            dict(overrides))  # fmt: skip
+    else:
+        run_bundle_workflow([configs / "train.json"], overrides)
+    return run_dir
 
 
 def measure_runs(pretrain_dir: str | Path, finetune_dir: str | Path, mode: str = "paper") -> TransferabilityResult:
