@@ -161,11 +161,11 @@ def run(
     from medtransfer.runs import timestamp
 
     settings = parse_overrides(overrides)
+    if "config_file" in settings:
+        raise BundleError("--config_file is chosen by `medtransfer run`; add fragments with --strategy FILE.json")
     check_overrides(bundle, strategies, settings)
     if settings.get("tracking") == "mlflow":
         settings["tracking"] = tracking_settings(bundle)
-    if "config_file" in settings:
-        raise BundleError("--config_file is chosen by `medtransfer run`; add fragments with --strategy FILE.json")
     if workflow == "train":  # one name for the training run and its evaluation; evaluate alone takes the newest
         settings.setdefault("run_name", timestamp())
     steps = [workflow] + (["evaluate"] if evaluate and workflow == "train" else [])

@@ -197,3 +197,10 @@ def test_the_plain_monai_command_line_is_checked_too():
     with pytest.raises(SettingsError, match=r"unknown setting --epcohs: did you mean --epochs\?"):
         check_monai_command_line([monai_main, "run", "--config_file", both, "--epcohs", "1"])
     check_monai_command_line(["medtransfer", "run", "--epcohs", "1"])  # other processes check before a run starts
+
+
+def test_config_file_is_refused_with_its_own_message():
+    from medtransfer.launch import run
+
+    with pytest.raises(BundleError, match="--config_file is chosen by `medtransfer run`"):
+        run("busi_classification", overrides=["--config_file", "x.json"])
