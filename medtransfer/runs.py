@@ -161,9 +161,7 @@ def latest_run(runs_dir: str | Path, needs: str = "model.pt") -> str:
     if not runs:
         raise RunDirectoryError(f"no finished run (with {needs}) under {runs_dir}; train first, or pass --run_name")
     name = runs[-1].relative_to(root).as_posix()
-    import logging
-
-    logging.getLogger(__name__).info(f"no --run_name given: using the newest finished run {name} under {root}")
+    logger.info(f"no --run_name given: using the newest finished run {name} under {root}")
     return name
 
 

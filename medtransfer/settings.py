@@ -9,6 +9,7 @@ class) and the fix, before anything is written.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import numbers
 from collections import Counter
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from medtransfer.errors import DatasetError, SettingsError
+
+logger = logging.getLogger(__name__)
 
 # setting -> (smallest allowed value, whether it must be a whole number, what it means); None means "not set"
 RANGES: dict[str, tuple[float, bool, str]] = {
@@ -138,8 +141,6 @@ def check_datalists(datalists: Mapping[str, Sequence[Mapping]], classes: Sequenc
     A class missing from the training split is only warned about (small folds can lack a rare class in validation,
     and a study may train on a subset on purpose).
     """
-    import logging
-
     where = f" of {dataset_dir}" if dataset_dir is not None else ""
     names = [str(c) for c in classes]
     for split, records in datalists.items():
@@ -161,4 +162,4 @@ def check_datalists(datalists: Mapping[str, Sequence[Mapping]], classes: Sequenc
     counts = Counter(int(r["label"]) for r in datalists.get("train", ()) if _is_real(r.get("label")))
     missing = [names[i] for i in range(len(names)) if counts and counts[i] == 0]
     if missing:
-        logging.getLogger(__name__).warning(f"the train split{where} has no image of class {', '.join(missing)}")
+        logger.warning(f"the train split{where} has no image of class {', '.join(missing)}")
