@@ -48,23 +48,24 @@ def _run_info(run_dir: Path) -> dict:
     return json.loads(path.read_text())["settings"]
 
 
-def train_and_evaluate(bundle: str | Path, overrides: Mapping[str, Any], evaluate: bool = True) -> Path:
-    """Train one run of the bundle (with ``overrides``), then evaluate it on the test split; return the run dir.
+def train_and_evaluate(
+    bundle: str | Path, overrides: Mapping[str, Any], evaluate: bool = True, strategies: Sequence[str] = ()
+) -> Path:
+    """Train one run of the bundle (with ``strategies``' fragments and ``overrides``), then evaluate it on the test
+    split; return the run dir.
 
     Run again, the same command continues: a finished training is only evaluated, an interrupted one resumes
     (:func:`medtransfer.runs.train_then_evaluate`).
     """
-    from medtransfer.bundling import bundle_path
-    from medtransfer.launch import check_overrides
+    from medtransfer.launch import check_overrides, config_files
 
-    check_overrides(bundle, (), overrides)
-    configs = bundle_path(bundle) / "configs"
+    check_overrides(bundle, strategies, overrides)
     run_dir = Path(overrides["runs_dir"]) / str(overrides["run_name"])
+    train = config_files(bundle, strategies, "train")
     if evaluate:
-        train_then_evaluate(run_dir, [configs / "train.json"], [configs / "train.json", configs / "evaluate.json"],
-                            dict(overrides))  # fmt: skip
+        train_then_evaluate(run_dir, train, config_files(bundle, strategies, "evaluate"), dict(overrides))
     else:
-        run_bundle_workflow([configs / "train.json"], overrides)
+        run_bundle_workflow(train, overrides)
     return run_dir
 
 
@@ -184,10 +185,13 @@ def study_row(
     finetune_dir: str | Path,
     mode: str = "paper",
     result: TransferabilityResult | None = None,
+    join_dir: str | Path | None = None,
 ) -> dict:
     """Measure one target (T per layer, statistics), save both into the fine-tuning run, return the table row.
 
     ``result`` is the target's :func:`measure_runs` when the caller already has it (the study also plots it).
+    ``join_dir`` (a ``transfer join`` output of the same target) adds, per MetaLR strategy, the rank correlation of
+    its learned LRs with T.
     """
     finetune_dir = Path(finetune_dir)
     result = result if result is not None else measure_runs(pretrain_dir, finetune_dir, mode=mode)
@@ -208,7 +212,21 @@ def study_row(
         "test_accuracy": accuracy,
         "layers": {layer.name: layer.t for layer in result.layers},
         "run": str(finetune_dir),
+        "join": join_columns(join_dir) if join_dir else {},
     }
+
+
+def join_columns(join_dir: str | Path) -> dict:
+    """Per strategy of a ``transfer join``: ρ(T, learned LR) and its permutation p, mean and final LR."""
+    path = Path(join_dir) / "join.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `medtransfer transfer join` for this target first")
+    results = json.loads(path.read_text())["results"]
+    return {
+        key: {"rho_mean_lr": r["mean_lr"]["rho"], "p_mean_lr": r["mean_lr"]["p"], "rho_final_lr": r["final_lr"]["rho"],
+              "p_final_lr": r["final_lr"]["p"], "overall_t": r["overall_t"]}
+        for key, r in results.items()
+    }  # fmt: skip
 
 
 def study_table(rows: Sequence[dict], results: Mapping[str, TransferabilityResult], out_dir: str | Path) -> str:
@@ -223,12 +241,20 @@ def study_table(rows: Sequence[dict], results: Mapping[str, TransferabilityResul
     out = Path(out_dir)
     plot_transferability_curves(results, out / "curves.png")
     headers = ["dataset", "T (overall)", "most transferable", "G", "D", "N", "LogME", "LEEP", "test acc"]
+    joined = list(dict.fromkeys(k for r in rows for k in r.get("join", {})))
+    for key in joined:
+        headers += [f"ρ(T, LR) {key}", f"p {key}"]
     table = markdown_table(
         headers,
         [[r["dataset"], r["T"], r["most_transferable"], r["G"], r["D"], r["N"], r["LogME"], r["LEEP"],
-          r["test_accuracy"]] for r in rows],
+          r["test_accuracy"],
+          *(v for key in joined for v in (r.get("join", {}).get(key, {}).get("rho_mean_lr", ""),
+                                          r.get("join", {}).get(key, {}).get("p_mean_lr", "")))] for r in rows],
     )  # fmt: skip
     lines = ["# Layer-wise transferability study", "", table, ""]
+    if joined:
+        lines += ["ρ(T, LR): Spearman correlation over the body layer groups of T (MetaLR run) and the geometric-mean "
+                  "LR MetaLR learned for them (`transfer join`); negative = the LRs follow T; p: permutation test.", ""]
     summary: dict[str, Any] = {"rows": list(rows)}
     if len(rows) >= 3:
         summary["rank_correlation"] = score_correlations(rows)
