@@ -184,15 +184,29 @@ def _transfer(args: argparse.Namespace) -> None:
     from medtransfer.launch import parse_overrides
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    if args.step in ("pretrain", "finetune"):
+    if args.step in ("pretrain", "finetune", "join"):
         from medtransfer.transferability.study import train_and_evaluate
 
         settings = {"dataset_format": args.dataset_format, "dataset_dir": args.root, "run_name": args.name}
         settings |= {"arch": args.arch, "runs_dir": args.runs_dir}
-        if args.step == "finetune":
+        if args.step != "pretrain":
             settings["pretrained_ckpt"] = str(Path(args.pretrained_run) / "model.pt")
             settings["max_train"] = args.max_train
-        run = train_and_evaluate(args.bundle, {**settings, **parse_overrides(args.overrides)})
+        settings |= parse_overrides(args.overrides)
+        if args.step == "join":
+            from medtransfer.transferability.join import JOIN_STRATEGIES, run_join
+
+            finished = {}
+            for spec in args.run or ():
+                key, _, run = spec.partition("=")
+                if not run:
+                    raise SystemExit(f"--run takes STRATEGY=RUN_DIR, got {spec!r}")
+                finished[key] = run
+            strategies = args.strategy if args.strategy is not None else [] if finished else list(JOIN_STRATEGIES)
+            print(run_join(args.bundle, args.pretrained_run, settings, strategies, args.out, args.plain_run, args.mode,
+                           finished))  # fmt: skip
+            return
+        run = train_and_evaluate(args.bundle, settings)
         print(f"{args.step} run: {run} (init.pt = starting weights, model.pt = best on validation)")
     elif args.step == "measure":
         from medtransfer.transferability import format_transferability, measure_files, save_transferability
@@ -207,12 +221,16 @@ def _transfer(args: argparse.Namespace) -> None:
         from medtransfer.transferability.study import measure_runs, study_row, study_table
 
         rows, results = [], {}
+        joins = dict(spec.partition("=")[::2] for spec in args.join or ())
         for spec in args.target:
             name, _, run = spec.partition("=")
             if not run:
                 raise SystemExit(f"--target takes NAME=FINETUNE_RUN_DIR, got {spec!r}")
             results[name] = measure_runs(args.pretrain_run, run, mode=args.mode)
-            rows.append(study_row(name, args.pretrain_run, run, mode=args.mode, result=results[name]))
+            rows.append(study_row(name, args.pretrain_run, run, args.mode, results[name], joins.get(name)))
+        unknown = set(joins) - set(results)
+        if unknown:
+            raise SystemExit(f"--join names {sorted(unknown)} that no --target has")
         print(study_table(rows, results, args.out))
     else:  # regress, correlate: on the rows a study saved (or any JSON list of rows)
         data = json.loads(Path(args.rows).read_text())
@@ -455,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transfer", help="layer-wise transferability: pretrain, finetune, measure, study, regress")
     steps = p.add_subparsers(dest="step", required=True)
     for step, text in (("pretrain", "train from a kept random init (init.pt = θr, model.pt = θA)"),
-                       ("finetune", "fine-tune θA on a target (init.pt = θB0, model.pt = θFB)")):  # fmt: skip
+                       ("finetune", "fine-tune θA on a target (init.pt = θB0, model.pt = θFB)"),
+                       ("join", "fine-tune θA with MetaLR; do its learned layer-wise LRs follow T?")):  # fmt: skip
         q = steps.add_parser(
             step, help=text, allow_abbrev=False, epilog="Further --key value pairs are bundle overrides"
         )
@@ -468,9 +487,18 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--arch", default="resnet18")
         q.add_argument("--bundle", default="bundles/natural_transferability")
         q.add_argument("--runs-dir", default="runs/natural_transferability")
-        if step == "finetune":
+        if step != "pretrain":
             q.add_argument("--pretrained-run", required=True, help="the pre-training run directory (its model.pt)")
             q.add_argument("--max-train", type=int, default=None, help="stratified subset of the training split")
+        if step == "join":
+            q.add_argument("--strategy", action="append", default=None,
+                           help="MetaLR fragment(s) to fine-tune with (repeat; default metalr and metalr_normalized)")
+            q.add_argument("--plain-run", default=None,
+                           help="a plain fine-tuning run of the same target: its T is the reference without LR coupling")
+            q.add_argument("--run", action="append", default=None, metavar="STRATEGY=RUN_DIR",
+                           help="join a finished run of the same target too (e.g. from medtransfer compare; repeat)")
+            q.add_argument("--mode", default="paper", choices=("paper", "full", "tensor_mean"))
+            q.add_argument("--out", default=None, help="where join.md/.json/.png go (default RUNS_DIR/NAME_join)")
         q.set_defaults(func=_transfer)
     q = steps.add_parser("measure", help="per-layer T = D(θr, θFB) / D(θA, θFB) from four state dicts")
     q.add_argument("--arch", default="resnet18")
@@ -484,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = steps.add_parser("study", help="T, G, D, N, LogME, LEEP for several fine-tuning runs of one pre-training")
     q.add_argument("--pretrain-run", required=True)
     q.add_argument("--target", action="append", required=True, help="NAME=FINETUNE_RUN_DIR (repeat)")
+    q.add_argument("--join", action="append", default=None,
+                   help="NAME=JOIN_DIR: a `transfer join` output of that target, for the ρ(T, learned LR) columns")  # fmt: skip
     q.add_argument("--mode", default="paper", choices=("paper", "full", "tensor_mean"))
     q.add_argument("--out", required=True)
     q.set_defaults(func=_transfer)
@@ -555,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     _apply_plot_options(args)
-    if args.command in ("cv", "run", "compare", "sweep") or getattr(args, "step", None) in ("pretrain", "finetune"):
+    if args.command in ("cv", "run", "compare", "sweep") or getattr(args, "step", None) in ("pretrain", "finetune", "join"):
         args.overrides = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
