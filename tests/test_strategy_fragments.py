@@ -15,7 +15,7 @@ from medtransfer.runs import run_bundle_workflow
 # the ids configs/strategies/README.md promises a fragment can read
 CONTRACT = ("network", "layer_groups", "optimizer", "lr", "epochs", "batch_size", "seed", "device", "amp",
             "output_dir", "meta_dataset", "train#trainer", "train#handlers", "checkpoint_objects", "run_settings",
-            "lr_scheduler", "strategy")  # fmt: skip
+            "lr_scheduler", "strategy", "train#dataset", "loss", "weight_decay", "pretrained_ckpt", "layer_granularity")  # fmt: skip
 # the ids a fragment may set at the top level, besides its own name-prefixed ones
 MAY_SET = {"strategy", "finetune", "weight_decay", "lr_scheduler", "+imports", "+train#handlers", "+checkpoint_objects",
            "+run_settings"}  # fmt: skip
@@ -92,6 +92,8 @@ def test_fragment_merges_onto_bundle_and_trains_one_iteration(bundle, fragment, 
         "train#trainer#epoch_length": 1, "validate#evaluator#epoch_length": 1,
         "validate#dataloader#batch_size": 64,  # one validation batch holding every class: a finite AUC, so a model.pt
     }  # fmt: skip
+    if fragment == "t_informed":
+        overrides["t_informed_probe_iterations"] = 1  # the probe's "epoch" as short as the trainer's
     workflow = run_bundle_workflow([configs / "train.json", strategy_path(fragment)], overrides)
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.iteration == 1

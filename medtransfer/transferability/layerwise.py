@@ -273,6 +273,7 @@ def layerwise_transferability(
     mode: str = "paper",
     include_shortcut: bool = False,
     sources: Mapping[str, str] | None = None,
+    granularity: str = "block",
 ) -> TransferabilityResult:
     """T per layer group of ``model`` from the state dicts θr (``init``), θA (``pretrained``), θFB (``finetuned``).
 
@@ -280,6 +281,7 @@ def layerwise_transferability(
     ``finetune_init`` (θB0, saved before the first fine-tuning step) is needed when θFB's head has other shapes than
     θA's; it is also used when given and its head differs from θA's (a head re-initialised despite equal shapes).
     ``sources`` maps "init"/"pretrained"/"finetuned"/"finetune_init" to file names for error messages.
+    ``granularity`` is the :func:`medtransfer.layers.layer_groups` granularity of the groups T is reported for.
 
     Raises:
         CheckpointError: a state dict misses a parameter, has tensors the model lacks, or has a tensor of another
@@ -293,7 +295,7 @@ def layerwise_transferability(
     names |= {"finetuned": "finetuned state dict (θFB)", "finetune_init": "finetune_init state dict (θB0)"}
     names |= dict(sources or {})
 
-    groups = layer_groups(model)
+    groups = layer_groups(model, granularity)
     head = groups[-1]
     params = {n: p for g in groups for n, p in zip(g.param_names, g.params, strict=True)}
     known = set(model.state_dict()) | set(params)
