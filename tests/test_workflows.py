@@ -6,6 +6,7 @@ Each assertion is checked against the runs' own files (test_metrics.json), compu
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -203,3 +204,33 @@ def test_a_study_says_each_repeated_monai_start_up_notice_once(tmp_path, monkeyp
     assert messages.count("Logging file is set to False") == 1
     assert [m for m in messages if m.startswith("run folder")] == [f"run folder full_seed{k}" for k in range(3)]
     assert not workflow_logger.filters  # the filter is gone once the study ends
+
+
+def test_epochs_to_reach_plain_fine_tunings_best_validation_score(tmp_path):
+    from medtransfer.workflows.study import write_study
+
+    specs = comparison_specs(["full", "metalr", "t_informed"], seeds=[0, 1])
+    study = tmp_path / "compare_speed"
+    write_study(study, "natural_transferability", specs, "compare", {"folds": None})
+    curves = {  # validation accuracy per epoch; plain's best is 0.80 (seed 0) and 0.70 (seed 1)
+        "full_seed0": [0.5, 0.7, 0.8, 0.75], "full_seed1": [0.6, 0.7, 0.65, 0.7],
+        "metalr_seed0": [0.6, 0.8, 0.85, 0.9], "metalr_seed1": [0.5, 0.55, 0.6, 0.69],
+        "t_informed_seed0": [0.81, 0.7, 0.8, 0.8], "t_informed_seed1": [0.7, 0.72, 0.8, 0.8],
+    }  # fmt: skip
+    for name, curve in curves.items():
+        run = study / name
+        run.mkdir(parents=True)
+        epochs = [{"epoch": e, "val_accuracy": v} for e, v in enumerate(curve, 1)]
+        best = max(reversed(epochs), key=lambda r: r["val_accuracy"])
+        (run / "history.json").write_text(json.dumps({"epochs": epochs, "best": best, "key_metric": "accuracy"}))
+        (run / "test_metrics.json").write_text(json.dumps({"accuracy": curve[-1]}))
+        (run / "study_run.json").write_text(json.dumps({"wall_s": 60, "attempt": "new"}))
+    rows = {r["run"]: r for r in collect_comparison(study)["runs"]}
+    expected = {"full_seed0": 3, "full_seed1": 2, "metalr_seed0": 2, "metalr_seed1": None, "t_informed_seed0": 1,
+                "t_informed_seed1": 1}  # fmt: skip
+    for name, epoch in expected.items():
+        value = rows[name]["epochs_to_plain_best"]
+        assert (math.isnan(value) if epoch is None else value == epoch), name
+    table = (study / "compare_table.md").read_text()
+    assert "epochs to plain's best val (reached)" in table
+    assert "| 2.0 ± 0.0 (1/2) |" in table and "| 1.0 ± 0.0 (2/2) |" in table  # metalr reached once, t_informed twice

@@ -8,6 +8,8 @@ and flags runs whose selected checkpoint is the first epoch or whose validation 
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,22 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from medtransfer.atomic import write_text_atomic
+from medtransfer.metrics import mean_std
 from medtransfer.report import markdown_table, save_figure, save_json
-from medtransfer.workflows.outcomes import LABELS, finished_outcomes, group_rows, metric_keys, run_outcome, write_rows
+from medtransfer.workflows.outcomes import (
+    LABELS,
+    epochs_to_reach,
+    finished_outcomes,
+    group_rows,
+    metric_keys,
+    run_outcome,
+    write_rows,
+)
 from medtransfer.workflows.study import Placement, RunSpec, launch_study
 
 __all__ = ["DEFAULT_STRATEGIES", "collect_comparison", "comparison_specs", "run_comparison"]
 
+PLAIN = "full"  # the reference of "epochs to reach plain fine-tuning's best validation score"
 DEFAULT_STRATEGIES = ("full", "linear_probe", "lp_ft", "llrd", "l2_sp", "bss", "auto_rgn", "metalr",
                       "metalr_normalized")  # fmt: skip
 
@@ -69,19 +81,59 @@ def run_comparison(
     return launch_study(bundle, "compare", specs, settings, placement or Placement(), _summary_line, collect_comparison)
 
 
+def add_epochs_to_plain_best(study_dir: Path, rows: list[dict]) -> bool:
+    """Per run, the first epoch its validation key metric reached the best one plain fine-tuning (same seed) reached.
+
+    Adds ``epochs_to_plain_best`` (NaN where never reached) to every row of a train/val/test comparison that has plain
+    runs; returns whether it did (cross-validations, whose folds each have a history, are left out).
+    """
+    plain = {r["seed"]: r for r in rows if r["label"] == PLAIN}
+    if not plain or any(r["selected_epochs"].count(" ") for r in rows):
+        return False
+    for row in rows:
+        reference = plain.get(row["seed"])
+        if reference is None:
+            row["epochs_to_plain_best"] = math.nan
+            continue
+        best = json.loads((study_dir / reference["run"] / "history.json").read_text())["best"]
+        key = json.loads((study_dir / reference["run"] / "history.json").read_text())["key_metric"]
+        reached = epochs_to_reach(study_dir / row["run"] / "history.json", float(best[f"val_{key}"]))
+        row["epochs_to_plain_best"] = math.nan if reached is None else reached
+    return True
+
+
+def _speed_cell(members: Sequence[dict]) -> str:
+    reached = [r["epochs_to_plain_best"] for r in members if math.isfinite(r["epochs_to_plain_best"])]
+    if not reached:
+        return f"never (0/{len(members)})"
+    mean, std = mean_std(reached)
+    return f"{mean:.1f} ± {std:.1f} ({len(reached)}/{len(members)})"
+
+
 def collect_comparison(study_dir: str | Path) -> dict:
-    """Per-run CSV, mean ± std table (Markdown, CSV) and a bar plot with error bars, from every finished run."""
+    """Per-run CSV, mean ± std table (Markdown, CSV) and a bar plot with error bars, from every finished run.
+
+    With plain fine-tuning (``full``) among the strategies, the table also gives the epochs each strategy took to
+    reach plain fine-tuning's best validation score (same seed; mean ± std over the runs that reached it).
+    """
     study_dir = Path(study_dir)
     record, specs, rows = finished_outcomes(study_dir)
+    speed = add_epochs_to_plain_best(study_dir, rows)
     summary = group_rows(rows)
     keys = metric_keys(rows)
     write_rows(study_dir / "compare_runs.csv", rows)
     write_rows(study_dir / "compare_table.csv", summary)
     pooled = "pooled test folds" if record["settings"].get("folds") else "test split"
+    by_label: dict[str, list[dict]] = {}
+    for row in rows:
+        by_label.setdefault(row["label"], []).append(row)
+    speed_header = ["epochs to plain's best val (reached)"] if speed else []
     table = markdown_table(
-        ["strategy", "runs (seeds)", *(f"{LABELS[m]} ({pooled})" for m in keys), "wall time per run (min)", "flags"],
+        ["strategy", "runs (seeds)", *(f"{LABELS[m]} ({pooled})" for m in keys), *speed_header,
+         "wall time per run (min)", "flags"],
         [[r["label"], f"{r['n']} ({r['seeds']})",
           *(f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" for m in keys),
+          *([_speed_cell(by_label[r["label"]])] if speed else []),
           f"{r['wall_min_mean']:.1f}", r["flags"]] for r in summary],
     )  # fmt: skip
     missing = len(specs) - len(rows)

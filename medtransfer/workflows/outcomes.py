@@ -16,7 +16,8 @@ from medtransfer.atomic import write_csv_atomic
 from medtransfer.metrics import mean_std
 from medtransfer.workflows.study import RunSpec, finished_runs, read_study
 
-__all__ = ["CHANCE_AUC", "METRICS", "finished_outcomes", "group_rows", "metric_keys", "run_outcome", "write_rows"]
+__all__ = ["CHANCE_AUC", "METRICS", "epochs_to_reach", "finished_outcomes", "group_rows", "metric_keys", "run_outcome",
+           "write_rows"]
 
 METRICS = ("accuracy", "auc", "macro_f1", "mean_dice")  # classification, then segmentation (LiTS)
 LABELS = {"accuracy": "accuracy", "auc": "AUC", "macro_f1": "macro-F1", "mean_dice": "mean Dice"}
@@ -27,6 +28,13 @@ def _selection(history_file: Path) -> tuple[int, float, str]:
     history = json.loads(history_file.read_text())
     best, key = history["best"], history["key_metric"]
     return int(best["epoch"]), float(best.get(f"val_{key}", math.nan)), key
+
+
+def epochs_to_reach(history_file: Path, target: float) -> int | None:
+    """The first epoch whose validation key metric is at least ``target`` (None if no epoch reached it)."""
+    history = json.loads(Path(history_file).read_text())
+    key = f"val_{history['key_metric']}"
+    return next((int(r["epoch"]) for r in history["epochs"] if r.get(key, -math.inf) >= target), None)
 
 
 def run_outcome(study_dir: Path, spec: RunSpec, done: dict) -> dict:
