@@ -110,10 +110,14 @@ def fit_transferability_regression(rows: Sequence[Mapping]) -> dict:
     adj_r2 = 1.0 - (1.0 - r2) * (n - 1) / dof if dof > 0 and ss_tot > 0 else float("nan")
     cov = ss_res / dof * np.linalg.inv(x.T @ x)
     coef_names = [c for c, _, _ in PREDICTORS] + [_INTERCEPT[0]]
+    stderr = [math.sqrt(max(cov[i, i], 0.0)) for i in range(len(coef_names))]
     return {
         "n": n,
+        "residual_dof": dof,
         "coefficients": {c: float(b) for c, b in zip(coef_names, beta, strict=True)},
-        "stderr": {c: float(math.sqrt(max(cov[i, i], 0.0))) for i, c in enumerate(coef_names)},
+        "stderr": {c: float(e) for c, e in zip(coef_names, stderr, strict=True)},
+        # two-sided t-test of each coefficient against 0 on the residual degrees of freedom
+        "p": {c: _t_test_p(float(b), e, dof) for c, b, e in zip(coef_names, beta, stderr, strict=True)},
         "terms": {**{c: f"z({key}) — {label}" for c, key, label in PREDICTORS}, _INTERCEPT[0]: _INTERCEPT[1]},
         "standardization": standardization,
         "r2": r2,
@@ -160,8 +164,21 @@ def plot_partial_effects(fit: Mapping, rows: Sequence[Mapping], path: Path | str
     return save_figure(fig, path)
 
 
+def _t_test_p(estimate: float, stderr: float, dof: int) -> float:
+    from scipy.stats import t
+
+    if dof <= 0 or not stderr > 0:
+        return float("nan")
+    return float(2 * t.sf(abs(estimate / stderr), dof))
+
+
 def format_regression(fit: Mapping) -> str:
-    """Markdown: a table of coefficient, standard error and term, then a line with n, R² and adjusted R²."""
-    rows = [[c, fit["coefficients"][c], fit["stderr"][c], fit["terms"][c]] for c in fit["coefficients"]]
-    table = markdown_table(["coefficient", "estimate", "std. error", "term"], rows)
-    return f"{table}\n\nn = {fit['n']} datasets, R² = {fit['r2']:.3f}, adjusted R² = {fit['adj_r2']:.3f}"
+    """Markdown: coefficient, standard error, p (t-test on the residual degrees of freedom) and term, then n, the
+    residual degrees of freedom, R² and adjusted R²."""
+    p = fit.get("p", {})
+    rows = [[c, fit["coefficients"][c], fit["stderr"][c], p.get(c, float("nan")), fit["terms"][c]]
+            for c in fit["coefficients"]]  # fmt: skip
+    table = markdown_table(["coefficient", "estimate", "std. error", "p", "term"], rows)
+    dof = fit.get("residual_dof", fit["n"] - len(fit["coefficients"]))
+    return (f"{table}\n\nn = {fit['n']} datasets, {dof} residual degrees of freedom, R² = {fit['r2']:.3f}, "
+            f"adjusted R² = {fit['adj_r2']:.3f}")

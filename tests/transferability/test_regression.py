@@ -85,3 +85,18 @@ def test_partial_effects_png_and_markdown(tmp_path):
     assert "| a |" in text and "| d |" in text and "domain gap" in text
     assert f"{fit['coefficients']['a']:.3f}" in text
     assert "n = 7" in text and "R²" in text
+
+
+def test_residual_degrees_of_freedom_and_coefficient_p_values():
+    rows = _rows(n=12, noise=0.05, seed=3)
+    fit = fit_transferability_regression(rows)
+    assert fit["residual_dof"] == 12 - 4
+    # the t-test by hand: p = 2·P(T_dof > |b / se|), with the t distribution's survival function from its CDF
+    from scipy.stats import t as student_t
+
+    for name, b in fit["coefficients"].items():
+        expected = 2 * (1 - student_t.cdf(abs(b / fit["stderr"][name]), 8))
+        assert fit["p"][name] == pytest.approx(expected, abs=1e-9)
+    assert fit["p"]["a"] < 0.001  # a true effect of 0.5 against noise 0.05
+    assert "8 residual degrees of freedom" in format_regression(fit)
+    assert fit_transferability_regression(_rows(n=5))["residual_dof"] == 1
