@@ -68,6 +68,7 @@ class JoinResult:
     head_lr_final: float
     mean_lr: RankCorrelation
     final_lr: RankCorrelation
+    plain_mean_lr: RankCorrelation | None = None  # ρ of the learned LRs with plain fine-tuning's T, when given
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,9 +142,13 @@ def lr_summary(lrs: np.ndarray) -> tuple[float, float]:
 
 def join(
     transferability: TransferabilityResult, lr_history: Mapping[str, np.ndarray], run: str = "", strategy: str = "",
-    seed: int = 0,
+    seed: int = 0, reference: TransferabilityResult | None = None,
 ) -> JoinResult:  # fmt: skip
-    """Pair each body group's T with its learned LR (matched by group name) and correlate them."""
+    """Pair each body group's T with its learned LR (matched by group name) and correlate them.
+
+    ``reference`` (plain fine-tuning's T on the same target) is correlated with the learned LRs too: that T was not
+    produced by these LRs, so its correlation is free of the mechanical coupling described in the module docstring.
+    """
     missing = [la.name for la in transferability.layers if la.name not in lr_history]
     if missing:
         raise ValueError(
@@ -159,9 +164,14 @@ def join(
         layers.append(JoinedLayer(la.name, la.label, float(la.t), mean, final))
     t = [la.t for la in layers]
 
-    def correlate(values: list[float]) -> RankCorrelation:
+    def correlate(values: list[float], against: list[float] = t) -> RankCorrelation:
         logs = [math.log10(v) if v > 0 else math.nan for v in values]
-        return spearman_permutation(t, logs, seed=seed)
+        return spearman_permutation(against, logs, seed=seed)
+
+    plain = None
+    if reference is not None:
+        ref = {la.name: la.t for la in reference.layers}
+        plain = correlate([la.lr_mean for la in layers], [ref.get(la.name, math.nan) for la in layers])
 
     return JoinResult(
         run=run,
@@ -172,6 +182,7 @@ def join(
         head_lr_final=head[1] if head else math.nan,
         mean_lr=correlate([la.lr_mean for la in layers]),
         final_lr=correlate([la.lr_final for la in layers]),
+        plain_mean_lr=plain,
     )
 
 
@@ -208,8 +219,10 @@ def join_table(results: Mapping[str, JoinResult], reference: TransferabilityResu
         rows.append(row)
     lines = [markdown_table(headers, rows), ""]
     summary = markdown_table(
-        ["strategy", "overall T", "ρ(T, mean LR)", "p", "ρ(T, final LR)", "p", "head LR (mean)", "verdict"],
-        [[key, r.overall_t, r.mean_lr.rho, r.mean_lr.p, r.final_lr.rho, r.final_lr.p, f"{r.head_lr_mean:.2e}",
+        ["strategy", "overall T", "ρ(T, mean LR)", "p", "ρ(T, final LR)", "p", "ρ(T plain, mean LR)", "p",
+         "head LR (mean)", "verdict"],
+        [[key, r.overall_t, r.mean_lr.rho, r.mean_lr.p, r.final_lr.rho, r.final_lr.p,
+          *((r.plain_mean_lr.rho, r.plain_mean_lr.p) if r.plain_mean_lr else ("", "")), f"{r.head_lr_mean:.2e}",
           verdict(r)] for key, r in items],
     )  # fmt: skip
     lines += [summary, "", _CAVEAT]
@@ -276,14 +289,18 @@ def save_join(results: Mapping[str, JoinResult], out_dir: str | Path, reference:
     return text
 
 
-def join_runs(pretrain_dir: str | Path, runs: Mapping[str, str | Path], mode: str = "paper") -> dict[str, JoinResult]:
+def join_runs(
+    pretrain_dir: str | Path, runs: Mapping[str, str | Path], mode: str = "paper",
+    reference: TransferabilityResult | None = None,
+) -> dict[str, JoinResult]:  # fmt: skip
     """:func:`join` for finished fine-tuning runs of one pre-training, keyed by strategy."""
     from medtransfer.transferability.study import measure_runs
 
     return {
-        key: join(measure_runs(pretrain_dir, run, mode=mode), read_lr_history(run), run=str(run), strategy=key)
+        key: join(measure_runs(pretrain_dir, run, mode=mode), read_lr_history(run), run=str(run), strategy=key,
+                  reference=reference)
         for key, run in runs.items()
-    }
+    }  # fmt: skip
 
 
 def run_join(
@@ -312,8 +329,8 @@ def run_join(
     for strategy in strategies:
         key = Path(strategy).stem
         runs[key] = train_and_evaluate(bundle, {**base, "run_name": f"{settings['run_name']}_{key}"}, strategies=[strategy])
-    results = join_runs(pretrain_dir, runs, mode=mode)
     reference = measure_runs(pretrain_dir, plain_run, mode=mode) if plain_run else None
+    results = join_runs(pretrain_dir, runs, mode=mode, reference=reference)
     out = Path(out_dir) if out_dir else Path(settings["runs_dir"]) / f"{settings['run_name']}_join"
     title = f"{settings['run_name']}: MetaLR's learned LRs against layer transferability ({mode} T)"
     record = {**base, "strategies": list(strategies), "mode": mode, "plain_run": str(plain_run) if plain_run else None,

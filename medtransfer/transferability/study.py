@@ -224,9 +224,15 @@ def join_columns(join_dir: str | Path) -> dict:
     results = json.loads(path.read_text())["results"]
     return {
         key: {"rho_mean_lr": r["mean_lr"]["rho"], "p_mean_lr": r["mean_lr"]["p"], "rho_final_lr": r["final_lr"]["rho"],
-              "p_final_lr": r["final_lr"]["p"], "overall_t": r["overall_t"]}
+              "p_final_lr": r["final_lr"]["p"], "overall_t": r["overall_t"],
+              "rho_plain_t": (r.get("plain_mean_lr") or {}).get("rho"), "p_plain_t": (r.get("plain_mean_lr") or {}).get("p")}
         for key, r in results.items()
     }  # fmt: skip
+
+
+def _cell(row: Mapping, strategy: str, column: str) -> Any:
+    value = row.get("join", {}).get(strategy, {}).get(column)
+    return "" if value is None else value
 
 
 def study_table(rows: Sequence[dict], results: Mapping[str, TransferabilityResult], out_dir: str | Path) -> str:
@@ -243,18 +249,20 @@ def study_table(rows: Sequence[dict], results: Mapping[str, TransferabilityResul
     headers = ["dataset", "T (overall)", "most transferable", "G", "D", "N", "LogME", "LEEP", "test acc"]
     joined = list(dict.fromkeys(k for r in rows for k in r.get("join", {})))
     for key in joined:
-        headers += [f"ρ(T, LR) {key}", f"p {key}"]
+        headers += [f"ρ(T, LR) {key}", "p", f"ρ(T plain, LR) {key}", "p"]
     table = markdown_table(
         headers,
         [[r["dataset"], r["T"], r["most_transferable"], r["G"], r["D"], r["N"], r["LogME"], r["LEEP"],
           r["test_accuracy"],
-          *(v for key in joined for v in (r.get("join", {}).get(key, {}).get("rho_mean_lr", ""),
-                                          r.get("join", {}).get(key, {}).get("p_mean_lr", "")))] for r in rows],
+          *(_cell(r, key, column) for key in joined for column in ("rho_mean_lr", "p_mean_lr", "rho_plain_t",
+                                                                      "p_plain_t"))] for r in rows],
     )  # fmt: skip
     lines = ["# Layer-wise transferability study", "", table, ""]
     if joined:
-        lines += ["ρ(T, LR): Spearman correlation over the body layer groups of T (MetaLR run) and the geometric-mean "
-                  "LR MetaLR learned for them (`transfer join`); negative = the LRs follow T; p: permutation test.", ""]
+        lines += ["ρ(T, LR): Spearman correlation over the body layer groups of T (of the MetaLR run) and the "
+                  "geometric-mean LR MetaLR learned for them (`transfer join`); ρ(T plain, LR): the same LRs against "
+                  "plain fine-tuning's T, free of the coupling of a run's LRs with its own T; negative = the LRs follow "
+                  "T; p: permutation test.", ""]
     summary: dict[str, Any] = {"rows": list(rows)}
     if len(rows) >= 3:
         summary["rank_correlation"] = score_correlations(rows)

@@ -131,6 +131,15 @@ def test_join_of_runs_moved_by_known_amounts(known_runs, tmp_path):
     assert result.mean_lr.p == pytest.approx(2 / math.factorial(9))
     assert verdict(result).startswith("follow T")
     assert read_lr_history(ft)["fc"].tolist() == pytest.approx(lrs["fc"])
+    # against another run's T: a plain run whose T order is reversed gives the opposite correlation
+    from dataclasses import replace
+
+    from medtransfer.transferability.study import measure_runs
+
+    measured = measure_runs(pre, ft)
+    reversed_t = replace(measured, layers=[replace(la, t=1 / la.t) for la in measured.layers])
+    against_plain = join_runs(pre, {"metalr": ft}, reference=reversed_t)["metalr"]
+    assert against_plain.mean_lr.rho == pytest.approx(-1.0) and against_plain.plain_mean_lr.rho == pytest.approx(1.0)
     # the study's join columns read what the join saved
     text = save_join({"metalr": result}, tmp_path / "join", title="known")
     assert "follow T" in text and (tmp_path / "join" / "join.png").is_file()
