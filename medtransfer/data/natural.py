@@ -80,6 +80,33 @@ def _folder_split(base: Path, split: str, seed: int, val_fraction: float) -> Rec
     return [r | {"id": Path(r["image"]).relative_to(base).as_posix()} for r in records]
 
 
+def _pre_split(root: Path) -> bool:
+    """A subset exported as ``{root}/train/<class>/`` and ``{root}/test/<class>/`` (e.g. ``natural/`` of the shared
+    data): read as such when the release's own layout is absent."""
+    return (root / "train").is_dir() and (root / "test").is_dir()
+
+
+def _or_pre_split(name: str, records: Callable, classes: Callable, release: Callable[[Path], bool]):
+    """A format's (records, classes) that fall back to the train/test class folders of a pre-split export."""
+
+    def read(root: Path, split: str, seed: int) -> Records:
+        if not release(root) and _pre_split(root):
+            return _folder_split(root, split, seed, VAL_FRACTION)
+        return records(root, split, seed)
+
+    def names(root: Path) -> list[str]:
+        if not release(root) and _pre_split(root):
+            return folder_classes(root)
+        return classes(root)
+
+    read.__name__, names.__name__ = f"_{name}_records_any", f"_{name}_classes_any"
+    return read, names
+
+
+_PRE_SPLIT = ("\nor a pre-split export: {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg (its own split, val "
+              f"a seeded stratified {VAL_FRACTION:.0%} of train/)")
+
+
 def _class_folder_root(candidates: list[Path]) -> Path | None:
     """The first candidate holding class folders (directly or under ``train/``), else None."""
     for base in candidates:
@@ -455,12 +482,12 @@ NATURAL_FORMATS: dict[str, DatasetFormat] = {
     "caltech101": DatasetFormat(
         "caltech101",
         "{root}/caltech101/101_ObjectCategories/<class>/image_0001.jpg .. (torchvision.datasets.Caltech101 layout; "
-        "BACKGROUND_Google is left out)",
+        "BACKGROUND_Google is left out)" + _PRE_SPLIT,
         "https://data.caltech.edu/records/mzrjq-6wc02 (caltech-101.zip, then 101_ObjectCategories.tar.gz)",
         f"no official split: {CALTECH101_TRAIN_PER_CLASS} seeded random images per class for training, the rest "
         f"test; {_VAL}",
-        _caltech101_records,
-        lambda root: _caltech101_all(root)[1],
+        *_or_pre_split("caltech101", _caltech101_records, lambda root: _caltech101_all(root)[1],
+                       lambda root: (root / "caltech101" / "101_ObjectCategories").is_dir()),
     ),
     "cub200": DatasetFormat(
         "cub200",
@@ -501,20 +528,19 @@ NATURAL_FORMATS: dict[str, DatasetFormat] = {
     ),
     "ucmerced": DatasetFormat(
         "ucmerced",
-        "{root}/UCMerced_LandUse/Images/<class>/*.tif (the release zip; or {root}/<class>/*.tif)",
+        "{root}/UCMerced_LandUse/Images/<class>/*.tif (the release zip; or {root}/<class>/*.tif)" + _PRE_SPLIT,
         "http://weegee.vision.ucmerced.edu/datasets/landuse.html (UCMerced_LandUse.zip)",
         f"no official split: seeded stratified {UCMERCED_TEST_FRACTION:.0%} test; {_VAL}",
-        _ucmerced_records,
-        lambda root: folder_classes(_ucmerced_base(root)),
+        *_or_pre_split("ucmerced", _ucmerced_records, lambda root: folder_classes(_ucmerced_base(root)),
+                       lambda root: (root / "UCMerced_LandUse").is_dir() or (root / "Images").is_dir()),
     ),
     "dtd": DatasetFormat(
         "dtd",
         "{root}/dtd/dtd/images/<class>/*.jpg\n{root}/dtd/dtd/labels/{{train1.txt, val1.txt, test1.txt}} "
-        "(torchvision.datasets.DTD layout: the release's dtd/ folder inside {root}/dtd/)",
+        "(torchvision.datasets.DTD layout: the release's dtd/ folder inside {root}/dtd/)" + _PRE_SPLIT,
         "https://www.robots.ox.ac.uk/~vgg/data/dtd/ (dtd-r1.0.1.tar.gz)",
         "official split 1: train1 / val1 / test1 (40 / 40 / 40 per class)",
-        _dtd_records,
-        _dtd_classes,
+        *_or_pre_split("dtd", _dtd_records, _dtd_classes, lambda root: (root / "dtd" / "dtd").is_dir()),
     ),
     **{f"domainnet_{d}": _domainnet(d) for d in DOMAINNET_DOMAINS},
     "pocus": DatasetFormat(

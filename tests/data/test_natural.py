@@ -437,3 +437,29 @@ def test_load_rgb_errors_name_the_file(tmp_path):
         LoadRGBd("image")({"image": np.zeros((4, 4), np.float32)})
     with pytest.raises(DatasetError, match="shape"):
         LoadRGBd("image")({"image": np.zeros((3, 4, 4, 2), np.uint8)})
+
+
+@pytest.mark.parametrize("name, classes, train, test", [("dtd", 10, 400, 100), ("caltech101", 30, 1073, 300),
+                                                        ("ucmerced", 21, 840, 210)])  # fmt: skip
+def test_real_pre_split_natural_subsets_read_by_their_own_format(need, name, classes, train, test):
+    """The shared natural/ subsets ({root}/train/<class>, {root}/test/<class>): their own split, val carved from train,
+    the same records as imagefolder gives, and files counted independently of the readers."""
+    root = need(f"natural/{name}")
+    parts = {split: dataset_records(name, root, split, seed=0) for split in ("train", "val", "test")}
+    assert len(dataset_class_names(name, root)) == classes
+    assert len(parts["train"]) + len(parts["val"]) == train == len(list((root / "train").glob("*/*.jpg")))
+    assert len(parts["test"]) == test == len(list((root / "test").glob("*/*.jpg")))
+    assert all("/test/" in r["image"] for r in parts["test"]) and all("/train/" in r["image"] for r in parts["val"])
+    assert parts == {split: dataset_records("imagefolder", root, split, seed=0) for split in parts}
+
+
+def test_release_layout_wins_over_a_pre_split_export(tmp_path):
+    """A folder with both the release layout and train/test folders is read as the release (DTD's split files)."""
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / cls / "x.jpg")
+    assert len(dataset_records("dtd", tmp_path, "test", seed=0)) == 2  # pre-split export only
+    (tmp_path / "dtd" / "dtd").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="dtd"):  # the release folder is there but incomplete: its error, not a guess
+        dataset_records("dtd", tmp_path, "test", seed=0)
