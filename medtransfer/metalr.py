@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from medtransfer import distributed
 from medtransfer.layers import LayerGroup
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,14 @@ def hypergradient_from_grads(
     This is the piece a trainer calls between its backward pass and its optimizer step, reusing the gradients it
     already has. `forward_context` wraps the validation forward (e.g. autocast) and `loss_scale` scales the validation
     loss before backward (an AMP grad scaler's scale), divided out again in the result.
+
+    Under data-parallel training (several processes, :mod:`medtransfer.distributed`) `grads` are the all-reduced
+    training gradients, the same on every rank, and `val_batch` is this rank's shard of one global validation batch.
+    The global validation loss is Σ_r (n_r/N)·L_r over the shards, so its gradient is the n_r/N-weighted sum of the
+    shards' gradients and, ⟨h, g⟩ being linear in h, the hypergradient is the weighted sum of the shards'
+    hypergradients: one all-reduce of a vector of one number per group. The normalised rule needs ‖h‖ of the global
+    h, so there each validation gradient is all-reduced before use. Either way the result is then broadcast from
+    rank 0, so every rank moves its LRs by the very same bits. Pass `model` unwrapped (not the DDP wrapper).
     """
     lr_values = [float(a) for a in (lrs.tolist() if isinstance(lrs, torch.Tensor) else lrs)]
     if len(lr_values) != len(groups):
@@ -87,6 +96,7 @@ def hypergradient_from_grads(
     if not params:  # nothing trainable took a gradient: no LR can change the validation loss
         return torch.zeros(len(groups), dtype=torch.float64)
     inputs, targets = val_batch
+    share = _batch_share(len(targets), params[0].device)  # n_r / N; 1 in a single process
     train_grads = [g for group_pairs in pairs for _, g in group_pairs]
     owner = [j for j, group_pairs in enumerate(pairs) for _ in group_pairs]
     dots = torch.zeros(len(params), dtype=torch.float64, device=params[0].device)  # stays on device: no syncs
@@ -97,6 +107,8 @@ def hypergradient_from_grads(
         # validation backward never holds a second full set of gradients
         def hook(param: torch.Tensor) -> None:
             h = param.grad.reshape(-1)
+            if share is not None and normalize:  # the global h: Σ_r (n_r/N)·h_r
+                h = distributed.all_reduce_sum_(h * share.to(h.dtype))
             dots[k] = torch.dot(h, train_grads[k].reshape(-1)).double()
             if normalize:
                 val_sq[k] = torch.dot(h, h).double()
@@ -126,8 +138,22 @@ def hypergradient_from_grads(
         train_sq = torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)).double() for g in train_grads])
         norms = torch.zeros_like(hyper).index_add_(0, index, val_sq).sqrt()
         norms *= torch.zeros_like(hyper).index_add_(0, index, train_sq).sqrt()
-        return torch.where(norms > 0, -hyper / norms.clamp_min(1e-300), torch.zeros_like(hyper)).cpu()
-    return (-hyper / loss_scale).cpu()
+        result = torch.where(norms > 0, -hyper / norms.clamp_min(1e-300), torch.zeros_like(hyper))
+    else:
+        if share is not None:  # Σ_r (n_r/N)·⟨h_r, g⟩ = ⟨h, g⟩
+            hyper = distributed.all_reduce_sum_(hyper * share)
+        result = -hyper / loss_scale
+    if share is not None:  # the same bits on every rank, whatever order the reduction summed in
+        distributed.broadcast_(result)
+    return result.cpu()
+
+
+def _batch_share(size: int, device: torch.device) -> torch.Tensor | None:
+    """This rank's share n_r / N of the global validation batch under data-parallel training, else None."""
+    if not distributed.is_distributed():
+        return None
+    sizes = distributed.all_reduce_sum_(torch.tensor([float(size)], dtype=torch.float64, device=device))
+    return torch.tensor(size, dtype=torch.float64, device=device) / sizes[0]
 
 
 def layer_hypergradient(
@@ -317,16 +343,38 @@ class CyclingBatches:
 
     Every pass over the dataset uses a new permutation drawn from (seed, pass), so the meta batches are neither the
     same first batch every time nor dependent on any global RNG; `state_dict` records the position.
+
+    Under data-parallel training `batch_size` is per process, as the training loader's is: the global batch is the
+    next ``world_size·batch_size`` indices of the permutation and rank r takes every world_size-th of them from the
+    r-th, exactly how ``DistributedSampler`` shards the training batches. So W processes see together the batches one
+    process with ``batch_size·W`` would see (a last chunk shorter than W borrows from the permutation's start, so no
+    rank is ever empty). `rank` and `world_size` default to the process group's.
     """
 
-    def __init__(self, dataset, batch_size: int, seed: int = 0, collate_fn: Callable | None = None) -> None:
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        seed: int = 0,
+        collate_fn: Callable | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         from monai.data import list_data_collate
 
-        if len(dataset) == 0:
-            raise ValueError("the MetaLR validation dataset is empty; it needs a held-out (validation) split")
+        self.rank = distributed.rank() if rank is None else int(rank)
+        self.world_size = distributed.world_size() if world_size is None else int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
+        if len(dataset) < self.world_size:
+            raise ValueError(
+                f"the MetaLR validation dataset has {len(dataset)} items, fewer than the {self.world_size} processes; "
+                "it needs a held-out (validation) split with at least one item per process"
+            )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.dataset, self.batch_size, self.seed = dataset, min(int(batch_size), len(dataset)), int(seed)
+        self.dataset, self.seed = dataset, int(seed)
+        self.batch_size = min(int(batch_size) * self.world_size, len(dataset))  # the global batch
         self.collate_fn = collate_fn or list_data_collate
         self.drawn = 0
 
@@ -337,11 +385,18 @@ class CyclingBatches:
     def batches_per_pass(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
 
-    def __next__(self):
+    def next_indices(self) -> list[int]:
+        """This process's dataset indices of the next batch (and move on)."""
         epoch, position = divmod(self.drawn, self.batches_per_pass())
-        indices = self._order(epoch)[position * self.batch_size : (position + 1) * self.batch_size]
+        order = self._order(epoch)
+        chunk = order[position * self.batch_size : (position + 1) * self.batch_size]
+        if len(chunk) < self.world_size:
+            chunk += order[: self.world_size - len(chunk)]
         self.drawn += 1
-        return self.collate_fn([self.dataset[i] for i in indices])
+        return chunk[self.rank :: self.world_size]
+
+    def __next__(self):
+        return self.collate_fn([self.dataset[i] for i in self.next_indices()])
 
     def __iter__(self) -> CyclingBatches:
         return self

@@ -11,7 +11,6 @@ import logging
 import math
 from pathlib import Path
 
-import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -19,6 +18,7 @@ from monai.data.utils import set_rnd
 from monai.handlers import CheckpointLoader
 from monai.utils import set_determinism
 
+from medtransfer import distributed
 from medtransfer.atomic import save_torch_atomic, write_csv_atomic
 from medtransfer.errors import RunDirectoryError
 from medtransfer.handlers.reports import as_rows
@@ -41,6 +41,8 @@ class TrainingHistory:
     Attach it after the ValidationHandler so it sees this epoch's validation metrics. On resume it keeps the rows of
     the epochs already trained and drops any written after the checkpoint it resumed from.
     """
+
+    writes_files = True  # rank 0 only under data-parallel training (medtransfer.distributed.handlers_for_this_rank)
 
     def __init__(self, output_dir: str, evaluator: Engine | None = None, key_metric: str | None = None) -> None:
         self.output_dir = Path(output_dir)
@@ -124,7 +126,8 @@ class EpochSeed:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        seed = self.seed * 100_003 + engine.state.epoch
+        # each data-parallel process augments its own shard with its own stream (rank 0's is the single-process one)
+        seed = self.seed * 100_003 + engine.state.epoch + 7_919 * distributed.rank()
         set_determinism(seed=seed)
         if self.dataset is not None:
             set_rnd(self.dataset, seed)
@@ -162,6 +165,8 @@ class SaveInitialWeights:
     atomically and only once, so a resumed run keeps the true starting point.
     """
 
+    writes_files = True
+
     def __init__(
         self, output_dir: str, model: torch.nn.Module, enabled: bool = True, filename: str = "init.pt"
     ) -> None:
@@ -178,20 +183,15 @@ class SaveInitialWeights:
         save_torch_atomic({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}, path)
 
 
-def _unwrapped(obj):
-    """The module inside a DataParallel/DistributedDataParallel wrapper (checkpoints hold the bare module's keys)."""
-    return obj.module if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else obj
-
-
 def checkpoint_state(objects: dict) -> dict:
     """What ignite's ``Checkpoint`` saves for these objects: their ``state_dict()``s by name, or the bare state of a
     single object (so ``model.pt`` loads into a network directly and MONAI's ``CheckpointLoader`` reads both)."""
-    states = {name: _unwrapped(obj).state_dict() for name, obj in objects.items()}
+    states = {name: distributed.unwrap(obj).state_dict() for name, obj in objects.items()}
     return next(iter(states.values())) if len(states) == 1 else states
 
 
 def _is_writer() -> bool:
-    return idist.get_rank() == 0
+    return distributed.is_main_process()
 
 
 class EpochCheckpoint:

@@ -16,6 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
+from medtransfer import distributed
 from medtransfer import metalr as metalr_lib
 from medtransfer.atomic import write_csv_atomic
 from medtransfer.report import plot_lr_curves
@@ -35,7 +36,8 @@ class MetaLRHandler:
     and will not unscale twice), the validation forward runs under the trainer's autocast, and a step the scaler will
     skip (non-finite gradients) gets no meta update either. Its state is MetaLR's plus the position in
     `val_batches` (:class:`medtransfer.metalr.MetaLRState`, which bundles put in ``checkpoint_objects`` so the handler
-    itself can stay inline in the handler list), so a resumed run draws the same batches.
+    itself can stay inline in the handler list), so a resumed run draws the same batches. Under DDP every rank runs
+    it on its shard of the validation batch and all end with the same LRs (:func:`~medtransfer.metalr.hypergradient_from_grads`).
     """
 
     def __init__(self, metalr: metalr_lib.MetaLR, val_batches: metalr_lib.CyclingBatches) -> None:
@@ -67,7 +69,7 @@ class MetaLRHandler:
                     next(self.val_batches), engine.state.device, engine.non_blocking, **engine.to_kwargs
                 )
                 self.last_hypergradient = metalr_lib.metalr_step(
-                    engine.network,
+                    distributed.unwrap(engine.network),  # the bare module: no DDP reducer in the meta pass
                     lambda pred, target: engine.loss_function(pred, target).mean(),
                     (batch[0], batch[1]),
                     metalr,
@@ -102,6 +104,8 @@ class LRRecorder:
     and it needs no place in the checkpoint (nor a reference in the handler list, which MONAI's property check
     cannot read); they are rewritten atomically at each epoch end.
     """
+
+    writes_files = True
 
     def __init__(self, output_dir: str, optimizer: torch.optim.Optimizer, groups: Sequence, tensorboard: bool = True):
         self.output_dir, self.optimizer, self.groups = Path(output_dir), optimizer, groups

@@ -56,6 +56,8 @@ class RunProgress:
     Bundles list it in ``train#handlers``: ``{"_target_": "medtransfer.handlers.RunProgress", "persist": false}``.
     """
 
+    writes_files = True  # one progress display, rank 0's, under data-parallel training
+
     def __init__(
         self,
         persist: bool = False,

@@ -17,6 +17,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.handlers import MeanDice, from_engine
 
+from medtransfer import distributed
 from medtransfer.atomic import write_csv_atomic, write_text_atomic
 from medtransfer.metrics import classification_report, mean_std
 from medtransfer.report import markdown_table, plot_confusion_matrix, save_json
@@ -85,11 +86,15 @@ class ClassificationMetric(Metric):
             self._labels.append(_label_index(y))
 
     def compute(self) -> float:
-        if not self._labels:
+        # under data-parallel validation each rank holds its shard: the metric is over all of them, on every rank
+        shards = distributed.gather_objects((self._probs, self._labels))
+        all_probs = [p for probs, _ in shards for p in probs]
+        labels = [y for _, shard_labels in shards for y in shard_labels]
+        if not labels:
             raise RuntimeError("ClassificationMetric has no samples; is the validation set empty?")
-        probs = np.stack(self._probs)
+        probs = np.stack(all_probs)
         names = [str(i) for i in range(probs.shape[1])]
-        return float(classification_report(probs, np.asarray(self._labels), names)[self.metric])
+        return float(classification_report(probs, np.asarray(labels), names)[self.metric])
 
 
 def val_metrics(names: Sequence[str], exclude: str | None = None) -> dict[str, ClassificationMetric]:
@@ -104,6 +109,8 @@ def val_metrics(names: Sequence[str], exclude: str | None = None) -> dict[str, C
 class _EpochReport:
     """What the reports share: start empty when the evaluator's epoch starts, collect every iteration's samples, and
     write the files when the epoch ends (an evaluator runs one epoch over the whole set)."""
+
+    writes_files = True
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
