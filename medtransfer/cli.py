@@ -275,8 +275,13 @@ def _data_root(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     from medtransfer.launch import run
 
-    name = run(args.bundle, args.strategy, workflow=args.workflow, evaluate=args.evaluate, overrides=args.overrides)
-    print(f"run {name} finished ({args.workflow}{' + evaluate' if args.evaluate else ''})")
+    name = run(
+        args.bundle, args.strategy, workflow=args.workflow, evaluate=args.evaluate, overrides=args.overrides,
+        gpus=args.gpus, distributed_worker=args.distributed_worker,
+    )  # fmt: skip
+    if not args.distributed_worker:
+        processes = f" on {args.gpus} processes" if args.gpus > 1 else ""
+        print(f"run {name} finished ({args.workflow}{' + evaluate' if args.evaluate else ''}{processes})")
 
 
 def _bundle(args: argparse.Namespace) -> None:
@@ -539,6 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate/inference use a finished run (--run_name, default: the newest)")  # fmt: skip
     p.add_argument("--evaluate", action="store_true", help="after training, evaluate the run on the test split")
     p.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="train as N data-parallel processes under torchrun (one per GPU; gloo CPU processes without "
+                        "CUDA), with the bundle's configs/multi_gpu_train.json")  # fmt: skip
+    p.add_argument("--distributed-worker", action="store_true", help=argparse.SUPPRESS)  # set by --gpus for its workers
     p.set_defaults(func=_run)
 
     p = sub.add_parser("bundle", help="the bundles that ship with medtransfer: list, path, init")

@@ -27,6 +27,9 @@ WORKFLOWS = {
     "evaluate": ("train.json", "evaluate.json"),
     "inference": ("train.json", "inference.json"),
 }
+MULTI_GPU_CONFIG = "multi_gpu_train.json"
+# where `--gpus N` workers leave the message of an error, for the launching process to end its output with
+WORKER_ERRORS_ENV = "MEDTRANSFER_WORKER_ERRORS"
 # arguments of monai.bundle.scripts.run that are not config overrides
 _RUN_ARGUMENTS = ("run_id", "init_id", "final_id", "meta_file", "logging_file", "tracking", "args_file")
 
@@ -59,8 +62,12 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in dict(parsed or {}).items()}
 
 
-def config_files(bundle: str | Path, strategies: Sequence[str] = (), workflow: str = "train") -> list[Path]:
-    """The config files of one workflow: the bundle's own, with the strategy fragments right after ``train.json``."""
+def config_files(
+    bundle: str | Path, strategies: Sequence[str] = (), workflow: str = "train", distributed: bool = False
+) -> list[Path]:
+    """The config files of one workflow: the bundle's own, with the strategy fragments right after ``train.json`` (and
+    with `distributed` after the bundle's ``multi_gpu_train.json``, which follows ``train.json`` as in MONAI's model
+    zoo), so a fragment can add to what the multi-process wiring set, e.g. a ``+run`` step."""
     if workflow not in WORKFLOWS:
         raise BundleError(f"unknown workflow {workflow!r}; choose one of {', '.join(WORKFLOWS)}")
     configs = bundle_path(bundle) / "configs"
@@ -68,7 +75,18 @@ def config_files(bundle: str | Path, strategies: Sequence[str] = (), workflow: s
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise BundleError(f"{missing[0]} not found: the bundle {configs.parent} has no {workflow} workflow")
-    return [files[0], *(strategy_path(s) for s in strategies), *files[1:]]
+    base = files[:1]
+    if distributed:
+        if workflow != "train":
+            raise BundleError(f"only training runs on several processes; run {workflow} without --gpus")
+        multi = configs / MULTI_GPU_CONFIG
+        if not multi.is_file():
+            raise BundleError(
+                f"{multi} not found: the bundle {configs.parent} has no multi-process training; copy "
+                f"configs/{MULTI_GPU_CONFIG} from an installed bundle (`medtransfer bundle path busi_classification`)"
+            )
+        base.append(multi)
+    return [*base, *(strategy_path(s) for s in strategies), *files[1:]]
 
 
 def check_overrides(bundle: str | Path, strategies: Sequence[str], overrides: Mapping[str, Any]) -> None:
@@ -151,18 +169,25 @@ def run(
     workflow: str = "train",
     evaluate: bool = False,
     overrides: Sequence[str] = (),
+    gpus: int = 1,
+    distributed_worker: bool = False,
 ) -> str:
     """Run one bundle workflow (and, with `evaluate`, evaluate the trained run on the test split); return the run name.
 
-    ``overrides`` are command-line tokens (``["--epochs", "5"]``).
+    ``overrides`` are command-line tokens (``["--epochs", "5"]``). With `gpus` > 1 the training runs as that many
+    data-parallel processes under ``torchrun --standalone`` (one per GPU; gloo processes on a machine without CUDA),
+    each a `distributed_worker` that merges the bundle's ``multi_gpu_train.json``; the evaluation runs here, on one.
     """
     from monai.bundle.scripts import run as monai_run
 
     from medtransfer.runs import timestamp
 
+    if int(gpus) < 1:
+        raise BundleError(f"--gpus must be 1 or more, got {gpus}")
     settings = parse_overrides(overrides)
     if "config_file" in settings:
         raise BundleError("--config_file is chosen by `medtransfer run`; add fragments with --strategy FILE.json")
+    distributed = distributed_worker or int(gpus) > 1
     check_overrides(bundle, strategies, settings)
     if settings.get("tracking") == "mlflow":
         settings["tracking"] = tracking_settings(bundle)
@@ -170,15 +195,70 @@ def run(
         settings.setdefault("run_name", timestamp())
     steps = [workflow] + (["evaluate"] if evaluate and workflow == "train" else [])
     for step in steps:
-        files = config_files(bundle, strategies, step)
+        files = config_files(bundle, strategies, step, distributed=distributed and step == "train")
         step_settings = dict(settings)
         if step != "train":
             step_settings.pop("tracking", None)
         try:
-            monai_run(config_file=[str(f) for f in files], **step_settings)
+            if step == "train" and int(gpus) > 1 and not distributed_worker:
+                _launch_workers(bundle, strategies, overrides, int(gpus), str(settings["run_name"]))
+            elif distributed_worker:
+                with _reported_to_launcher():
+                    monai_run(config_file=[str(f) for f in files], **step_settings)
+            else:
+                monai_run(config_file=[str(f) for f in files], **step_settings)
         except KeyboardInterrupt:
             raise RunInterrupted(interrupted_message(bundle, settings)) from None
     return str(settings.get("run_name", "the newest finished run"))
+
+
+def torchrun_command(
+    bundle: str | Path, strategies: Sequence[str], overrides: Sequence[str], processes: int, run_name: str
+) -> list[str]:
+    """The ``torchrun --standalone`` command line that trains one bundle run as `processes` data-parallel workers.
+
+    Each worker is ``medtransfer run`` itself (so it checks its settings and reports errors as a single process
+    does), told to merge ``multi_gpu_train.json``. For several machines use torchrun's rendezvous options instead
+    of ``--standalone`` (the bundle README shows the command).
+    """
+    worker = ["-m", "medtransfer.cli", "run", str(bundle), *(t for s in strategies for t in ("--strategy", str(s)))]
+    named = "run_name" in parse_overrides(overrides)
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+        *worker, "--distributed-worker", *overrides, *([] if named else ["--run_name", run_name]),
+    ]  # fmt: skip
+
+
+def _launch_workers(
+    bundle: str | Path, strategies: Sequence[str], overrides: Sequence[str], processes: int, run_name: str
+) -> None:
+    """Run the workers and wait; a failure ends with the first worker's own error message, not torchrun's summary."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="medtransfer-workers-") as errors:
+        env = {**os.environ, WORKER_ERRORS_ENV: errors}
+        completed = subprocess.run(torchrun_command(bundle, strategies, overrides, processes, run_name), env=env)
+        if completed.returncode != 0:
+            messages = [p.read_text().strip() for p in sorted(Path(errors).glob("rank*.txt"))]
+            reason = messages[0].removeprefix("error: ") if messages else f"torchrun exit status {completed.returncode}"
+            raise BundleError(f"the {processes}-process training run {run_name} failed: {reason}")
+
+
+@contextlib.contextmanager
+def _reported_to_launcher():
+    """In a `--gpus N` worker: leave the message of an error where the launching process reads it, then re-raise."""
+    import os
+
+    try:
+        yield
+    except BaseException as exc:
+        folder = os.environ.get(WORKER_ERRORS_ENV)
+        if folder and not isinstance(exc, KeyboardInterrupt):
+            rank = os.environ.get("RANK", "0")
+            Path(folder, f"rank{int(rank):05d}.txt").write_text(error_message(exc)[0])
+        raise
 
 
 def project_error(exc: BaseException) -> MedTransferError | None:

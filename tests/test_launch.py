@@ -71,6 +71,48 @@ def test_config_files_put_strategies_after_train_json():
     assert config_files(configs.parent, [], "inference")[-1] == configs / "inference.json"
 
 
+def test_multi_process_training_merges_multi_gpu_train_json_right_after_train_json(tmp_path):
+    from medtransfer.launch import torchrun_command
+
+    configs = bundle_path("busi_classification") / "configs"
+    files = config_files("busi_classification", ["metalr"], distributed=True)
+    assert files == [configs / "train.json", configs / "multi_gpu_train.json", strategy_path("metalr")]
+    with pytest.raises(BundleError, match="without --gpus"):
+        config_files("busi_classification", [], "evaluate", distributed=True)
+    bare = tmp_path / "my_bundle" / "configs"
+    bare.mkdir(parents=True)
+    (bare / "train.json").write_text("{}")
+    with pytest.raises(BundleError, match="multi_gpu_train.json not found.*copy"):
+        config_files(bare.parent, [], distributed=True)
+    command = torchrun_command("busi_classification", ["metalr"], ["--epochs", "1"], 4, "r1")
+    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
+    assert command[6:] == [
+        "medtransfer.cli", "run", "busi_classification", "--strategy", "metalr", "--distributed-worker",
+        "--epochs", "1", "--run_name", "r1",
+    ]  # fmt: skip
+    named = torchrun_command("busi_classification", [], ["--run_name", "mine"], 2, "r1")
+    assert named.count("--run_name") == 1 and named[-1] == "mine"
+
+
+def test_every_bundle_ships_multi_gpu_training_in_the_model_zoo_pattern():
+    from medtransfer.bundling import list_bundles
+
+    for bundle in list_bundles():
+        config = json.loads((bundle_path(bundle.name) / "configs" / "multi_gpu_train.json").read_text())
+        assert config["train#dataloader#sampler"] == "@train#sampler"
+        assert config["validate#dataloader#sampler"] == "@validate#sampler"
+        assert config["train#trainer#network"] == "@ddp_network"
+        assert config["initialize"][0] == "$medtransfer.distributed.init_process_group()"
+        assert config["finalize"][-1] == "$medtransfer.distributed.destroy_process_group()"
+        train = json.loads((bundle_path(bundle.name) / "configs" / "train.json").read_text())
+        # the same steps as single-process training, the ones that write guarded to rank 0
+        assert len(config["initialize"]) == len(train["initialize"]) + 1
+        for single, multi in zip(train["initialize"], config["initialize"][1:], strict=True):
+            assert single[1:] in multi
+            writes = any(w in single for w in ("create_run_dir", "guard_split", "write_run_info"))
+            assert multi.startswith("$medtransfer.distributed.on_main_process(") == writes
+
+
 def test_unknown_bundle_and_strategy_name_the_known_ones():
     with pytest.raises(BundleError, match="busi_classification"):
         bundle_path("no_such_bundle")

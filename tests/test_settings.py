@@ -68,3 +68,32 @@ def test_switches_read_true_and_false_in_any_case_and_refuse_anything_else():
     assert [as_flag(v) for v in (False, "false", "False", "no", 0, "off")] == [False] * 6
     with pytest.raises(SettingsError, match=r"--amp 'flase' is not a switch: pass --amp true or --amp false"):
         check_settings({"amp": "flase"})
+
+
+def test_amp_dtype_names_map_to_autocast_arguments_and_a_typo_is_a_clear_error():
+    import torch
+
+    from medtransfer.settings import amp_kwargs
+
+    assert amp_kwargs("bf16") == amp_kwargs("BFloat16") == {"dtype": torch.bfloat16}
+    assert amp_kwargs() == amp_kwargs("fp16") == {"dtype": torch.float16}
+    with pytest.raises(SettingsError, match="--amp_dtype 'fp8'.*bfloat16"):
+        amp_kwargs("fp8")
+
+
+def test_every_trainer_and_evaluator_takes_its_autocast_type_from_amp_dtype():
+    import json
+
+    from medtransfer.bundling import bundles_dir
+
+    for configs in sorted(bundles_dir().glob("*/configs")):
+        train = json.loads((configs / "train.json").read_text())
+        assert train["amp_dtype"] == "float16"  # MONAI's default, as before the setting existed
+        engines = [train["train"]["trainer"], train["validate"]["evaluator"]]
+        for workflow in ("evaluate", "inference"):
+            config = json.loads((configs / f"{workflow}.json").read_text())
+            engines += [v for k, v in config.items() if isinstance(v, dict) and "amp" in v]
+            engines += [v["evaluator"] for v in config.values() if isinstance(v, dict) and "evaluator" in v]
+        assert len(engines) >= 3, configs
+        for engine in engines:
+            assert engine["amp"] == "@amp" and engine["amp_kwargs"] == "$medtransfer.settings.amp_kwargs(@amp_dtype)"
