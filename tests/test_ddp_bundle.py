@@ -1,6 +1,7 @@
 """The BUSI bundle with MetaLR as 2 data-parallel CPU processes (gloo) under torchrun: `medtransfer run --gpus 2`.
 
-Checks that both ranks end with the same LR history and the same weights, and that this history is the one a single
+Checks that both ranks end with the same LR history and the same weights, that a run resumed from its epoch-1
+checkpoint on two processes ends exactly where the uninterrupted one did, and that the history is the one a single
 process takes on the same global batches (twice the per-process batch, sampled in the same order). Three choices make
 "the same" a float-tolerance question: the network is ConvNeXt-atto (LayerNorm; with BatchNorm each process
 normalises over its own shard, which one process on the whole batch cannot reproduce); the optimizer is SGD (Adam's
@@ -11,6 +12,7 @@ is 0.01 (at the default 0.1 the published multiplicative rule drives LRs bound t
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 PER_PROCESS_BATCH = 4
 COMMON = [
-    "--epochs", "1", "--image_size", "32", "--arch", "timm:convnext_atto", "--augment_transforms", "[]",
+    "--epochs", "2", "--image_size", "32", "--keep_checkpoints", "2", "--arch", "timm:convnext_atto", "--augment_transforms", "[]",
     "--metalr_pin_epochs", "0", "--metalr_hyper_lr", "0.01", "--num_workers", "0",
 ]  # fmt: skip
 
@@ -75,6 +77,17 @@ def runs(tmp_path_factory):
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-5000:]
+    # as if both processes died during epoch 2: resume from the epoch-1 checkpoint, again on 2 processes
+    shutil.copytree(root / "runs" / "ddp", root / "runs" / "cut")
+    for leftover in ("checkpoint_epoch=2.pt", "rank0.pt", "rank1.pt"):
+        (root / "runs" / "cut" / leftover).unlink()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "medtransfer.cli", "run", "busi_classification", "--gpus", "2",
+         "--strategy", "metalr", "--strategy", str(dump), *common,
+         "--batch_size", str(PER_PROCESS_BATCH), "--run_name", "cut", "--resume", "true"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     return root / "runs", launched
 
 
@@ -103,10 +116,18 @@ def test_the_lr_history_is_the_single_process_one_on_the_same_global_batches(run
 
 def test_only_rank_zero_writes_and_the_run_is_complete(runs):
     ddp = runs[0] / "ddp"
-    assert (ddp / "model.pt").is_file() and (ddp / "checkpoint_epoch=1.pt").is_file()
+    assert (ddp / "model.pt").is_file() and (ddp / "checkpoint_epoch=2.pt").is_file()
     history = json.loads((ddp / "history.json").read_text())
-    assert [row["epoch"] for row in history["epochs"]] == [1]
+    assert [row["epoch"] for row in history["epochs"]] == [1, 2]
     with open(ddp / "lr_history.csv") as f:
         rows = f.read().splitlines()[1:]
     assert len(rows) == load(ddp, 0)["lrs"].shape[0]  # one recorder, not two appending to one file
     assert "on 2 processes" in runs[1].stdout
+
+
+def test_resuming_on_two_processes_continues_exactly(runs):
+    straight, resumed = load(runs[0] / "ddp", 0), load(runs[0] / "cut", 0)
+    assert torch.equal(straight["lrs"], resumed["lrs"])  # MetaLR's history and LRs, on the same batches
+    for name, value in straight["weights"].items():
+        assert torch.equal(value, resumed["weights"][name]), name
+    assert torch.equal(resumed["lrs"], load(runs[0] / "cut", 1)["lrs"])
