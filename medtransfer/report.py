@@ -378,6 +378,16 @@ def plot_lr_curves(
     return save_figure(fig, path)
 
 
+def format_p(p: float | None) -> str:
+    """A p-value for a table: 3 decimals, or 2 significant digits below 0.001 (an exact permutation p of 2/9! must
+    not print as 0.000); empty when there is none."""
+    if p is None:
+        return ""
+    if not math.isfinite(p):
+        return "nan"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """GitHub-flavoured markdown table; floats to 3 decimals so seeds line up, strings kept as given.
 

@@ -317,3 +317,13 @@ def test_summarize_runs_without_shared_metrics_says_so(tmp_path: Path) -> None:
     (d / "test_metrics.json").write_text(json.dumps({"split": "test", "seed": 1}))
     with pytest.raises(MetricsError, match="share no numeric metric"):
         summarize_runs([d], keys=None)
+
+
+def test_p_values_keep_their_size_below_a_thousandth():
+    import math
+
+    from medtransfer.report import format_p
+
+    assert format_p(2 / math.factorial(9)) == "5.5e-06"  # ρ = ±1 over 9 groups, exact: not "0.000"
+    assert format_p(0.0481) == "0.048" and format_p(1.0) == "1.000"
+    assert format_p(None) == "" and format_p(float("nan")) == "nan"

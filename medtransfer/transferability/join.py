@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from medtransfer.atomic import write_text_atomic
-from medtransfer.report import markdown_table, save_figure, save_json
+from medtransfer.report import format_p, markdown_table, save_figure, save_json
 from medtransfer.transferability.layerwise import TransferabilityResult
 
 EXACT_PERMUTATIONS_UP_TO = 9
@@ -193,7 +193,7 @@ def verdict(result: JoinResult) -> str:
         return "cannot tell: the learned LRs (or T) are the same for every layer"
     if c.p < 0.05:
         side = "follow T (more transferable layers got smaller LRs)" if c.rho < 0 else "run against T"
-        return f"{side}: ρ = {c.rho:+.2f}, permutation p = {c.p:.3f}"
+        return f"{side}: ρ = {c.rho:+.2f}, permutation p = {format_p(c.p)}"
     return f"no significant relation: ρ = {c.rho:+.2f}, permutation p = {c.p:.2f} over {c.n} layer groups"
 
 
@@ -221,8 +221,9 @@ def join_table(results: Mapping[str, JoinResult], reference: TransferabilityResu
     summary = markdown_table(
         ["strategy", "overall T", "ρ(T, mean LR)", "p", "ρ(T, final LR)", "p", "ρ(T plain, mean LR)", "p",
          "head LR (mean)", "verdict"],
-        [[key, r.overall_t, r.mean_lr.rho, r.mean_lr.p, r.final_lr.rho, r.final_lr.p,
-          *((r.plain_mean_lr.rho, r.plain_mean_lr.p) if r.plain_mean_lr else ("", "")), f"{r.head_lr_mean:.2e}",
+        [[key, r.overall_t, r.mean_lr.rho, format_p(r.mean_lr.p), r.final_lr.rho, format_p(r.final_lr.p),
+          *((r.plain_mean_lr.rho, format_p(r.plain_mean_lr.p)) if r.plain_mean_lr else ("", "")),
+          f"{r.head_lr_mean:.2e}",
           verdict(r)] for key, r in items],
     )  # fmt: skip
     lines += [summary, "", _CAVEAT]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from medtransfer.report import markdown_table, save_figure
+from medtransfer.report import format_p, markdown_table, save_figure
 
 __all__ = ["MIN_ROWS", "PREDICTORS", "fit_transferability_regression", "format_regression", "plot_partial_effects"]
 
@@ -176,7 +176,7 @@ def format_regression(fit: Mapping) -> str:
     """Markdown: coefficient, standard error, p (t-test on the residual degrees of freedom) and term, then n, the
     residual degrees of freedom, R² and adjusted R²."""
     p = fit.get("p", {})
-    rows = [[c, fit["coefficients"][c], fit["stderr"][c], p.get(c, float("nan")), fit["terms"][c]]
+    rows = [[c, fit["coefficients"][c], fit["stderr"][c], format_p(p.get(c, float("nan"))), fit["terms"][c]]
             for c in fit["coefficients"]]  # fmt: skip
     table = markdown_table(["coefficient", "estimate", "std. error", "p", "term"], rows)
     dof = fit.get("residual_dof", fit["n"] - len(fit["coefficients"]))

@@ -24,7 +24,7 @@ import numpy as np
 
 from medtransfer.atomic import write_text_atomic
 from medtransfer.data.registry import dataset_records
-from medtransfer.report import markdown_table, save_json
+from medtransfer.report import format_p, markdown_table, save_json
 from medtransfer.runs import run_bundle_workflow, train_then_evaluate
 from medtransfer.transferability.features import extract_features
 from medtransfer.transferability.layerwise import (
@@ -232,6 +232,8 @@ def join_columns(join_dir: str | Path) -> dict:
 
 def _cell(row: Mapping, strategy: str, column: str) -> Any:
     value = row.get("join", {}).get(strategy, {}).get(column)
+    if column.startswith("p_"):
+        return format_p(value)
     return "" if value is None else value
 
 
