@@ -187,14 +187,19 @@ def join(
 
 
 def verdict(result: JoinResult) -> str:
-    """One sentence: do the learned LRs follow T here (ρ < 0 at p < 0.05), run against it, or can one not tell?"""
-    c = result.mean_lr
+    """One sentence: do the learned LRs follow T here (ρ < 0 at p < 0.05), run against it, or can one not tell?
+
+    Judged against plain fine-tuning's T when the join has it (free of the coupling of a run's LRs with its own T),
+    else against the run's own T, and the sentence says which.
+    """
+    c = result.plain_mean_lr or result.mean_lr
+    basis = "plain fine-tuning's T" if result.plain_mean_lr else "the run's own T, partly mechanical"
     if not math.isfinite(c.rho):
-        return "cannot tell: the learned LRs (or T) are the same for every layer"
+        return f"cannot tell: the learned LRs (or T) are the same for every layer ({basis})"
     if c.p < 0.05:
         side = "follow T (more transferable layers got smaller LRs)" if c.rho < 0 else "run against T"
-        return f"{side}: ρ = {c.rho:+.2f}, permutation p = {format_p(c.p)}"
-    return f"no significant relation: ρ = {c.rho:+.2f}, permutation p = {c.p:.2f} over {c.n} layer groups"
+        return f"{side}: ρ = {c.rho:+.2f}, permutation p = {format_p(c.p)} ({basis})"
+    return f"no significant relation: ρ = {c.rho:+.2f}, permutation p = {c.p:.2f} over {c.n} layer groups ({basis})"
 
 
 def join_table(results: Mapping[str, JoinResult], reference: TransferabilityResult | None = None) -> str:

@@ -140,6 +140,9 @@ def test_join_of_runs_moved_by_known_amounts(known_runs, tmp_path):
     reversed_t = replace(measured, layers=[replace(la, t=1 / la.t) for la in measured.layers])
     against_plain = join_runs(pre, {"metalr": ft}, reference=reversed_t)["metalr"]
     assert against_plain.mean_lr.rho == pytest.approx(-1.0) and against_plain.plain_mean_lr.rho == pytest.approx(1.0)
+    # with plain fine-tuning's T at hand, the verdict is judged on it, not on the coupled own T
+    assert verdict(against_plain).startswith("run against T") and "plain fine-tuning's T" in verdict(against_plain)
+    assert "own T" in verdict(result)
     # the study's join columns read what the join saved
     text = save_join({"metalr": result}, tmp_path / "join", title="known")
     assert "follow T" in text and (tmp_path / "join" / "join.png").is_file()
