@@ -10,6 +10,9 @@ for MetaLR, the same ``medtransfer.handlers.MetaLRHandler`` the bundles attach),
     a ``DataLoader`` over an in-memory dataset of uint8 images with the bundles' CPU augmentation (random flip and
     affine), ``num_workers`` worker processes, pinned memory and persistent workers. ``included / excluded`` says
     whether the input pipeline keeps the device busy (target: at least 0.9).
+``device_augment``
+    the same loader without the flip and affine, which ``medtransfer.handlers.BatchAugmentation`` (the bundles'
+    ``--augment_on_device true``) applies to whole batches on the device instead (2-D cases only).
 
 Networks: ResNet-18 and EfficientNet-Lite0 (random init; the weights do not change the cost) at 64² and 224², and the
 LiTS bundle's 3-D U-Net on 64³ patches (voxels per second). AMP: ``--amp bf16`` (default on CUDA; no loss scaling
@@ -39,7 +42,7 @@ import torch
 
 DEFAULT_CASES = ("resnet18@64", "resnet18@224", "efficientnet_lite0@64", "efficientnet_lite0@224", "unet3d@64")
 MODES = ("plain", "metalr")
-LOADINGS = ("excluded", "included")
+LOADINGS = ("excluded", "included", "device_augment")
 
 
 @dataclass
@@ -96,16 +99,26 @@ def samples(case: Case, count: int, num_classes: int = 3, seed: int = 0) -> list
             for _ in range(count)]  # fmt: skip
 
 
-def augmentation(case: Case):
-    """The bundles' CPU augmentation and normalisation (flip, affine, intensity; 3 channels for the 2-D nets)."""
+def random_transforms(case: Case) -> list:
+    """The bundles' random flip and affine."""
+    from monai import transforms as mt
+
+    keys = ["image", "label"] if case.volumetric else ["image"]
+    return [
+        mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=0 if case.volumetric else 1),
+        mt.RandAffined(keys=keys, prob=0.5, rotate_range=0.17, scale_range=0.1, padding_mode="border",
+                       mode=("bilinear", "nearest") if case.volumetric else "bilinear"),  # fmt: skip
+    ]
+
+
+def augmentation(case: Case, on_cpu: bool = True):
+    """The bundles' CPU augmentation (unless `on_cpu` is false) and normalisation (3 channels for the 2-D nets)."""
     from monai import transforms as mt
 
     keys = ["image", "label"] if case.volumetric else ["image"]
     steps = [
         mt.CastToTyped(keys="image", dtype=np.float32),
-        mt.RandFlipd(keys=keys, prob=0.5, spatial_axis=0 if case.volumetric else 1),
-        mt.RandAffined(keys=keys, prob=0.5, rotate_range=0.17, scale_range=0.1, padding_mode="border",
-                       mode=("bilinear", "nearest") if case.volumetric else "bilinear"),  # fmt: skip
+        *(random_transforms(case) if on_cpu else []),
         mt.ScaleIntensityRanged(keys="image", a_min=0, a_max=255, b_min=-1.0, b_max=1.0),
     ]
     if not case.volumetric:
@@ -119,7 +132,7 @@ def loader(case: Case, args: argparse.Namespace, loading: str, device: torch.dev
     from monai.data import DataLoader, Dataset
 
     count = (args.warmup + args.iterations) * args.batch_size
-    dataset = Dataset(samples(case, count), transform=augmentation(case))
+    dataset = Dataset(samples(case, count), transform=augmentation(case, on_cpu=loading != "device_augment"))
     if loading == "excluded":
         batches = list(DataLoader(dataset, batch_size=args.batch_size, num_workers=0))
         return [{k: v.to(device) for k, v in batch.items()} for batch in batches]
@@ -134,13 +147,15 @@ def measure(case: Case, mode: str, loading: str, args: argparse.Namespace, devic
     from ignite.engine import Events
     from monai.engines import SupervisedTrainer
 
-    from medtransfer.handlers import MetaLRHandler
+    from medtransfer.handlers import BatchAugmentation, MetaLRHandler
     from medtransfer.layers import param_groups
     from medtransfer.metalr import CyclingBatches, MetaLR
 
     network, loss, groups = build(case, device)
     optimizer = torch.optim.AdamW(param_groups(groups, args.lr), lr=args.lr)
-    handlers = []
+    handlers: list = []
+    if loading == "device_augment":
+        handlers.append(BatchAugmentation(random_transforms(case), enabled=True))
     if mode == "metalr":
         metalr = MetaLR(optimizer, groups, base_lr=args.lr, pin_epochs=0, meta_interval=args.meta_interval)
         held_out = [augmentation(case)(s) for s in samples(case, args.batch_size, seed=1)]
@@ -184,9 +199,10 @@ def summarize(rows: list[dict]) -> list[dict]:
         if plain and meta:
             entry["metalr_time_ratio"] = plain / meta
         for mode in MODES:
-            excluded, included = found.get((case, mode, "excluded")), found.get((case, mode, "included"))
-            if excluded and included:
-                entry[f"{mode}_loading_kept_up"] = included / excluded
+            excluded = found.get((case, mode, "excluded"))
+            for loading, name in (("included", "loading_kept_up"), ("device_augment", "device_augment_kept_up")):
+                if excluded and found.get((case, mode, loading)):
+                    entry[f"{mode}_{name}"] = found[(case, mode, loading)] / excluded
         summary.append(entry)
     return summary
 
@@ -222,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
             case_args.batch_size = args.volume_batch_size
         for mode in args.modes:
             for loading in args.loadings:
+                if loading == "device_augment" and case.volumetric:
+                    continue  # BatchAugmentation is 2-D
                 row = measure(case, mode, loading, case_args, device)
                 print(f"{row['case']:>22} {mode:>7} loading {loading:>8}: {row['throughput']:,.0f} {row['unit']}",
                       flush=True)  # fmt: skip

@@ -366,6 +366,8 @@ class CyclingBatches:
         self.world_size = distributed.world_size() if world_size is None else int(world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
+        if len(dataset) == 0:
+            raise ValueError("the MetaLR validation dataset is empty; it needs a held-out (validation) split")
         if len(dataset) < self.world_size:
             raise ValueError(
                 f"the MetaLR validation dataset has {len(dataset)} items, fewer than the {self.world_size} processes; "

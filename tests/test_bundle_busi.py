@@ -124,3 +124,26 @@ def test_real_breastmnist_uses_the_official_test_split(need, tmp_path):
         BUSI_CONFIGS, tmp_path, "bm", "--dataset_format", "medmnist", "--dataset_dir", str(npz)
     )
     assert report["n"] == 156 and report["class_names"] == ["malignant", "normal_benign"]
+
+
+def test_augment_on_device_moves_the_flip_and_affine_off_the_loader(demo_dir, tmp_path):
+    """--augment_on_device true: the loader keeps no RandFlipd/RandAffined, the trainer augments whole batches, and
+    the run trains to the end (on the CPU here: the device is wherever the trainer runs)."""
+    from monai.bundle import ConfigWorkflow
+    from monai.transforms import RandAffined, RandFlipd
+
+    from medtransfer.handlers import BatchAugmentation
+
+    overrides = {"dataset_dir": str(demo_dir), "image_size": 32, "runs_dir": str(tmp_path), "augment_on_device": True}
+    workflow = ConfigWorkflow(config_file=TRAIN, workflow_type="train", **overrides)
+    workflow.initialize()
+    loader_transforms = workflow.parser.get_parsed_content("train#preprocessing").transforms
+    assert not any(isinstance(t, (RandFlipd, RandAffined)) for t in loader_transforms)
+    handlers = workflow.parser.get_parsed_content("train#handlers")
+    device_aug = next(h for h in handlers if isinstance(h, BatchAugmentation))
+    assert device_aug.enabled and len(device_aug.specs) == 2
+    workflow.finalize()
+    run_bundle([TRAIN], "--runs_dir", str(tmp_path), "--run_name", "device_aug", "--dataset_dir", str(demo_dir),
+               *FAST, "--augment_on_device", "true")  # fmt: skip
+    history = json.loads((tmp_path / "device_aug" / "history.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [1] and history["epochs"][0]["train_loss"] > 0

@@ -2,9 +2,11 @@
 
 Bundles name them as ``medtransfer.handlers.<Name>`` in their ``train#handlers`` / ``validate#handlers``, so this
 package exports every public handler; the modules are ``checkpoints`` (training state, history, exact resume),
-``reports`` (validation metrics and evaluation reports), ``metalr`` (MetaLR and the LR recorder) and ``progress``.
+``reports`` (validation metrics and evaluation reports), ``metalr`` (MetaLR and the LR recorder), ``augment``
+(augmentation of whole batches on the device) and ``progress``.
 """
 
+from medtransfer.handlers.augment import BatchAugmentation
 from medtransfer.handlers.checkpoints import (
     BestModelSaver,
     EpochCheckpoint,
@@ -27,6 +29,7 @@ from medtransfer.handlers.reports import (
 )
 
 __all__ = [
+    "BatchAugmentation",
     "BestModelSaver",
     "ClassificationMetric",
     "ClassificationReport",
