@@ -96,7 +96,7 @@ def hypergradient_from_grads(
     if not params:  # nothing trainable took a gradient: no LR can change the validation loss
         return torch.zeros(len(groups), dtype=torch.float64)
     inputs, targets = val_batch
-    share = _batch_share(len(targets), params[0].device)  # n_r / N; 1 in a single process
+    share = _batch_share(len(targets), params[0].device)  # n_r / N; None in a single process
     train_grads = [g for group_pairs in pairs for _, g in group_pairs]
     owner = [j for j, group_pairs in enumerate(pairs) for _ in group_pairs]
     dots = torch.zeros(len(params), dtype=torch.float64, device=params[0].device)  # stays on device: no syncs

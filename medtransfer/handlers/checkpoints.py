@@ -190,10 +190,6 @@ def checkpoint_state(objects: dict) -> dict:
     return next(iter(states.values())) if len(states) == 1 else states
 
 
-def _is_writer() -> bool:
-    return distributed.is_main_process()
-
-
 class EpochCheckpoint:
     """Saves `save_dict` plus the trainer's own state (epoch, iteration) as ``checkpoint_epoch=N.pt`` every epoch.
 
@@ -210,7 +206,7 @@ class EpochCheckpoint:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 
     def __call__(self, engine: Engine) -> None:
-        if not _is_writer():
+        if not distributed.is_main_process():
             return
         previous = latest_checkpoint(self.output_dir)
         path = self.output_dir / f"checkpoint_epoch={engine.state.epoch}.pt"
@@ -248,7 +244,7 @@ class BestModelSaver:
         score = float(engine.state.metrics[name])
         if math.isnan(score) or not self._improves(score):
             return
-        if _is_writer():
+        if distributed.is_main_process():
             previous = self.path if self.path.is_file() else None
             save_torch_atomic(checkpoint_state(self.save_dict), self.path, previous=previous)
         self.best_score = score
