@@ -130,6 +130,12 @@ def on_main_process(action: Callable[[], T]) -> T | None:
     return result
 
 
+def rank_seed(seed: int, step: int) -> int:
+    """A seed for (`seed`, `step`) that differs between processes: each rank draws its own random stream, and rank 0's
+    is the single-process one (so one process and rank 0 of many augment alike)."""
+    return int(seed) + int(step) + 7_919 * rank()
+
+
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """Sum `tensor` over all processes in place (identity in a single process)."""
     if is_distributed():

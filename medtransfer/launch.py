@@ -202,11 +202,9 @@ def run(
         try:
             if step == "train" and int(gpus) > 1 and not distributed_worker:
                 _launch_workers(bundle, strategies, overrides, int(gpus), str(settings["run_name"]))
-            elif distributed_worker:
+            else:
                 with _reported_to_launcher():
                     monai_run(config_file=[str(f) for f in files], **step_settings)
-            else:
-                monai_run(config_file=[str(f) for f in files], **step_settings)
         except KeyboardInterrupt:
             raise RunInterrupted(interrupted_message(bundle, settings)) from None
     return str(settings.get("run_name", "the newest finished run"))
@@ -248,7 +246,8 @@ def _launch_workers(
 
 @contextlib.contextmanager
 def _reported_to_launcher():
-    """In a `--gpus N` worker: leave the message of an error where the launching process reads it, then re-raise."""
+    """In a `--gpus N` worker: leave the message of an error where the launching process reads it, then re-raise
+    (anywhere else, where the launcher's variable is not set, it does nothing)."""
     import os
 
     try:

@@ -113,7 +113,7 @@ class BatchAugmentation:
         if images.dim() != 4:
             raise SettingsError(f"--augment_on_device handles 2-D image batches (N, C, H, W), got shape {tuple(images.shape)}")
         generator = torch.Generator(device=images.device)
-        generator.manual_seed(self.seed * 1_000_003 + distributed.rank() * 7_919 + int(step))
+        generator.manual_seed(distributed.rank_seed(self.seed * 1_000_003, step))
         out = images
         for spec in self.specs:
             draw = torch.rand(len(out), generator=generator, device=out.device)

@@ -126,8 +126,7 @@ class EpochSeed:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        # each data-parallel process augments its own shard with its own stream (rank 0's is the single-process one)
-        seed = self.seed * 100_003 + engine.state.epoch + 7_919 * distributed.rank()
+        seed = distributed.rank_seed(self.seed * 100_003, engine.state.epoch)
         set_determinism(seed=seed)
         if self.dataset is not None:
             set_rnd(self.dataset, seed)
