@@ -49,9 +49,11 @@ def _device_specs(transform) -> FlipSpec | AffineSpec | None:
     if isinstance(transform, RandAffined):
         grid = transform.rand_affine.rand_affine_grid
         rotate, scale, translate = (_symmetric(r) for r in (grid.rotate_range, grid.scale_range, grid.translate_range))
-        modes = {str(m).lower() for m in (transform.padding_mode or ["border"])}
+        padding = {str(m).lower() for m in (transform.padding_mode or ["border"])}
+        interpolation = {str(m).lower() for m in (transform.mode or ["bilinear"])}
         two_d = len(rotate or [0.0]) <= 1 and len(translate or []) <= 2
-        if None not in (rotate, scale, translate) and two_d and modes <= {"border"} and not any(grid.shear_range or []):
+        plain = padding <= {"border"} and interpolation <= {"bilinear"} and not any(grid.shear_range or [])
+        if None not in (rotate, scale, translate) and two_d and plain:
             return AffineSpec(float(transform.prob), (rotate or [0.0])[0], (scale or [0.0])[0],
                               tuple(((translate or []) + [0.0, 0.0])[:2]))  # fmt: skip
     return None

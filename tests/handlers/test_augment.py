@@ -26,6 +26,8 @@ def test_the_device_takes_flips_and_affines_with_their_own_settings_and_leaves_t
     assert cpu_transforms(BUNDLE_LIKE, on_device="false") == BUNDLE_LIKE
     lopsided = RandAffined(keys="image", prob=1.0, rotate_range=[(0.0, 0.3)])  # not ±r: stays on the CPU
     assert cpu_transforms([lopsided], on_device=True) == [lopsided]
+    nearest = RandAffined(keys="image", prob=1.0, rotate_range=0.3, mode="nearest")  # the device warps bilinearly
+    assert cpu_transforms([nearest], on_device=True) == [nearest]
     with pytest.raises(SettingsError, match="no RandFlipd"):
         BatchAugmentation([BUNDLE_LIKE[2]], enabled=True)
 
