@@ -17,7 +17,7 @@ from torch import nn
 
 from medtransfer import distributed
 from medtransfer.layers import layer_groups
-from medtransfer.metalr import CyclingBatches, hypergradient_from_grads
+from medtransfer.metalr import CyclingBatches, hypergradient_from_directions
 
 
 def free_port() -> int:
@@ -46,7 +46,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         model, groups, grads, (xv, yv), lrs = make_problem()
         shard = slice(rank, None, world)  # uneven: 4 and 3 of the 7
         results = {
-            normalize: hypergradient_from_grads(
+            normalize: hypergradient_from_directions(
                 model, nn.functional.cross_entropy, (xv[shard], yv[shard]), lrs, groups, grads, normalize=normalize
             )
             for normalize in (False, True)
@@ -89,7 +89,7 @@ def two_ranks(tmp_path_factory):
 @pytest.mark.parametrize("normalize", [False, True])
 def test_sharded_hypergradient_equals_the_single_process_one(two_ranks, normalize):
     model, groups, grads, val_batch, lrs = make_problem()
-    single = hypergradient_from_grads(model, nn.functional.cross_entropy, val_batch, lrs, groups, grads,
+    single = hypergradient_from_directions(model, nn.functional.cross_entropy, val_batch, lrs, groups, grads,
                                       normalize=normalize)  # fmt: skip
     for result in two_ranks:
         torch.testing.assert_close(result["hyper"][normalize], single, rtol=1e-10, atol=1e-14)

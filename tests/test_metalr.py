@@ -22,7 +22,7 @@ from medtransfer.layers import layer_groups, param_groups
 from medtransfer.metalr import (
     CyclingBatches,
     MetaLR,
-    hypergradient_from_grads,
+    hypergradient_from_directions,
     layer_hypergradient,
     metalr_step,
     preserved_buffers,
@@ -251,7 +251,7 @@ def test_frozen_group_gets_zero_and_others_see_no_step_on_it():
     assert float(frozen[1]) == pytest.approx(float(unfrozen_with_zero_lr[1]), rel=1e-12)
 
 
-def test_hypergradient_from_grads_matches_and_honours_context_and_loss_scale():
+def test_hypergradient_from_directions_matches_and_honours_context_and_loss_scale():
     model, loss_fn, train, val = two_layer_problem()
     groups = layer_groups(model)
     lrs = torch.tensor([0.2, 0.05], dtype=torch.float64)
@@ -265,8 +265,8 @@ def test_hypergradient_from_grads_matches_and_honours_context_and_loss_scale():
         entered.append(True)
         yield
 
-    plain = hypergradient_from_grads(model, loss_fn, val, lrs, groups, grads)
-    scaled = hypergradient_from_grads(
+    plain = hypergradient_from_directions(model, loss_fn, val, lrs, groups, grads)
+    scaled = hypergradient_from_directions(
         model, loss_fn, val, lrs, groups, grads, forward_context=context, loss_scale=1024.0
     )
     assert entered == [True]
@@ -274,7 +274,7 @@ def test_hypergradient_from_grads_matches_and_honours_context_and_loss_scale():
     assert rel(scaled, plain) < 1e-12
     assert rel(plain, reference_hypergradient(model, loss_fn, train, val, lrs.tolist(), groups)) < 1e-10
     with pytest.raises(ValueError, match="learning rates"):
-        hypergradient_from_grads(model, loss_fn, val, [0.1], groups, grads)
+        hypergradient_from_directions(model, loss_fn, val, [0.1], groups, grads)
 
 
 def test_metalr_step_uses_the_gradients_on_the_params_and_moves_the_lrs():
@@ -457,7 +457,7 @@ def train_for(iterations, model, groups, optimizer, metalr, train, val) -> None:
         if metalr.is_due():
             xv, yv = next(val)
             hyper = layer_hypergradient(model, loss_fn, (x, y), (xv, yv), metalr.lrs, groups)
-            metalr.update(hyper, epoch=metalr.iterations // train.batches_per_pass() + 1)
+            metalr.update(hyper, epoch=metalr.iterations // 3 + 1)
         optimizer.zero_grad()
         loss_fn(model(x), y).backward()
         optimizer.step()
@@ -527,18 +527,15 @@ def take(batches: CyclingBatches, n: int) -> list:
     return [next(batches) for _ in range(n)]
 
 
-def test_cycling_batches_cover_every_index_once_per_pass_and_reshuffle():
+def test_cycling_batches_are_full_size_and_walk_one_stream_of_permutations():
     data = list(range(10))
     batches = CyclingBatches(data, batch_size=3, seed=7, collate_fn=list)
-    assert batches.batches_per_pass() == 4
-    passes = []
-    for _ in range(5):
-        drawn = take(batches, 4)
-        assert [len(b) for b in drawn] == [3, 3, 3, 1]
-        order = [i for b in drawn for i in b]
-        assert sorted(order) == data
-        passes.append(order)
-    assert len({tuple(p) for p in passes}) == 5  # a new permutation every pass
+    drawn = take(batches, 20)  # 60 indices: exactly 6 passes
+    assert all(len(b) == 3 for b in drawn)  # no short batch, also where a pass ends inside a batch
+    stream = [i for b in drawn for i in b]
+    passes = [stream[k : k + 10] for k in range(0, 60, 10)]
+    assert all(sorted(p) == data for p in passes)  # every index once per pass
+    assert len({tuple(p) for p in passes}) == 6  # a new permutation every pass
     assert iter(batches) is batches
 
 
@@ -568,7 +565,7 @@ def test_cycling_batches_resume_at_the_exact_next_batch():
 
 def test_cycling_batches_cap_the_batch_size_and_reject_an_empty_dataset():
     batches = CyclingBatches(list(range(5)), batch_size=64, seed=0, collate_fn=list)
-    assert batches.batch_size == 5 and batches.batches_per_pass() == 1
+    assert batches.batch_size == 5
     for batch in take(batches, 3):
         assert sorted(batch) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="empty"):

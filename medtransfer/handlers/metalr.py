@@ -30,18 +30,36 @@ def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
 class MetaLRHandler:
     """Tunes layer-wise LRs with MetaLR inside MONAI's ``SupervisedTrainer``, from the gradients the trainer just made.
 
-    On ``BACKWARD_COMPLETED`` of a due iteration it draws the next batch of `val_batches` (a resumable iterator such
-    as :class:`medtransfer.metalr.CyclingBatches`) and calls :func:`medtransfer.metalr.metalr_step`; the trainer's
-    own optimizer step then runs with the new LRs. With AMP the gradients are unscaled first (the scaler's step knows
-    and will not unscale twice), the validation forward runs under the trainer's autocast, and a step the scaler will
-    skip (non-finite gradients) gets no meta update either. Its state is MetaLR's plus the position in
-    `val_batches` (:class:`medtransfer.metalr.MetaLRState`, which bundles put in ``checkpoint_objects`` so the handler
-    itself can stay inline in the handler list), so a resumed run draws the same batches. Under DDP every rank runs
-    it on its shard of the validation batch and all end with the same LRs (:func:`~medtransfer.metalr.hypergradient_from_grads`).
+    On ``BACKWARD_COMPLETED`` (between the backward pass and the optimizer step) of a due iteration it draws the next
+    batch of `meta_batches` (a resumable iterator such as :class:`medtransfer.metalr.CyclingBatches`) and calls
+    :func:`medtransfer.metalr.metalr_step`; the trainer's own optimizer step then runs with the new LRs. With
+    ``meta_source="train_next"`` there are no meta batches: :func:`medtransfer.metalr.next_batch_metalr_step` uses
+    the gradients the trainer just made as the meta gradient of the previous step. With AMP the gradients are
+    unscaled first (the scaler's step knows and will not unscale twice), the meta forward runs under the trainer's
+    autocast, and a step the scaler will skip (non-finite gradients) gets no meta update and leaves no kept direction.
+    Its state is MetaLR's plus the position in `meta_batches` (:class:`medtransfer.metalr.MetaLRState`, which bundles
+    put in ``checkpoint_objects`` so the handler itself can stay inline in the handler list), so a resumed run draws
+    the same batches. Under DDP every rank runs it on its shard of the meta batch and all end with the same LRs
+    (:func:`~medtransfer.metalr.hypergradient_from_directions`).
+
+    Args:
+        metalr: the LRs' owner.
+        meta_batches: the meta batches (None only for ``train_next``).
+        meta_source: where they come from (``medtransfer.metalr.META_SOURCES``).
     """
 
-    def __init__(self, metalr: metalr_lib.MetaLR, val_batches: metalr_lib.CyclingBatches) -> None:
-        self.metalr, self.val_batches = metalr, val_batches
+    def __init__(
+        self,
+        metalr: metalr_lib.MetaLR,
+        meta_batches: metalr_lib.CyclingBatches | None = None,
+        meta_source: str = "heldout",
+    ) -> None:
+        if meta_source not in metalr_lib.META_SOURCES:
+            raise ValueError(f"meta_source must be one of {metalr_lib.META_SOURCES}, got {meta_source!r}")
+        self.train_next = meta_source == "train_next"
+        if meta_batches is None and not self.train_next:
+            raise ValueError(f"MetaLR with meta_source {meta_source!r} needs meta batches")
+        self.metalr, self.meta_batches = metalr, meta_batches
         self.last_hypergradient: torch.Tensor | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -57,16 +75,23 @@ class MetaLRHandler:
 
     def __call__(self, engine: Engine) -> None:
         metalr = self.metalr
-        if metalr.is_due():
+        if self.train_next or metalr.is_due():
             scaler = engine.scaler if engine.amp else None
             if scaler is not None:
                 scaler.unscale_(engine.optimizer)
             # with AMP an overflowing step is skipped by the scaler: skip its meta update too (without AMP a
             # non-finite gradient gives a non-finite hypergradient, which MetaLR.update ignores)
             grads = [p.grad for group in metalr.groups for p in group.params if p.grad is not None]
-            if scaler is None or _all_finite(grads):
+            will_step = scaler is None or _all_finite(grads)
+            if self.train_next:
+                if will_step:
+                    hyper = metalr_lib.next_batch_metalr_step(metalr, engine.state.epoch)
+                    self.last_hypergradient = hyper if hyper is not None else self.last_hypergradient
+                else:
+                    metalr.drop_pending()
+            elif will_step:
                 batch = engine.prepare_batch(
-                    next(self.val_batches), engine.state.device, engine.non_blocking, **engine.to_kwargs
+                    next(self.meta_batches), engine.state.device, engine.non_blocking, **engine.to_kwargs
                 )
                 self.last_hypergradient = metalr_lib.metalr_step(
                     distributed.unwrap(engine.network),  # the bare module: no DDP reducer in the meta pass
@@ -87,11 +112,11 @@ class MetaLRHandler:
         return lambda: torch.autocast("cuda", **engine.amp_kwargs)
 
     def state_dict(self) -> dict:
-        """MetaLR's LRs and history plus the position in the validation batches, for exact resume."""
-        return metalr_lib.MetaLRState(self.metalr, self.val_batches).state_dict()
+        """MetaLR's LRs, history and kept direction plus the position in the meta batches, for exact resume."""
+        return metalr_lib.MetaLRState(self.metalr, self.meta_batches).state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        metalr_lib.MetaLRState(self.metalr, self.val_batches).load_state_dict(state)
+        metalr_lib.MetaLRState(self.metalr, self.meta_batches).load_state_dict(state)
 
 
 class LRRecorder:

@@ -114,7 +114,7 @@ def test_metalr_handler_state_resumes_lrs_and_validation_batches():
     _, resumed = _metalr_trainer()
     resumed.load_state_dict(state)
     assert torch.equal(resumed.metalr.lrs, handler.metalr.lrs) and resumed.metalr.iterations == 3
-    assert resumed.val_batches.drawn == handler.val_batches.drawn == 3
+    assert resumed.meta_batches.drawn == handler.meta_batches.drawn == 3
 
 
 def test_benchmark_and_handler_call_the_same_metalr_step(monkeypatch):
