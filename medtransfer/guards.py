@@ -26,7 +26,7 @@ from medtransfer.settings import as_flag
 logger = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.json"
-_FIT_SPLITS = ("train", "val")  # the splits a run trains or selects its model on
+_FIT_SPLITS = ("train", "val", "meta")  # the splits a run trains, tunes its LRs or selects its model on
 LEAKED = "test images the run trained or selected on"
 _FIX = (
     "pass the value the run was trained with, or --allow_changed_split true if the change is deliberate "

@@ -207,6 +207,19 @@ def checkpoint_epoch(run_dir: str | Path) -> int:
     return int(CHECKPOINT_PATTERN.search(Path(path).name).group(1)) if path else 0
 
 
+def selected_on_meta_data(run_dir: str | Path) -> bool:
+    """Whether the run tuned its LRs on the validation split that also selected its checkpoint.
+
+    Such a run (``metalr_meta_source validation``) has a validation score biased upward and a selection that saw its
+    meta data: reports and comparison tables flag it as "selected on meta data". Reads ``run_info.json``.
+    """
+    path = Path(run_dir) / "run_info.json"
+    if not path.is_file():
+        return False
+    settings = json.loads(path.read_text()).get("settings", {})
+    return any(key.endswith("_meta_source") and value == "validation" for key, value in settings.items())
+
+
 def write_run_info(
     run_dir: str | Path, settings: dict | None = None, resume: bool = False, split_settings: Mapping | None = None
 ) -> dict:

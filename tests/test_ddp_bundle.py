@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 PER_PROCESS_BATCH = 4
 COMMON = [
     "--epochs", "2", "--image_size", "32", "--keep_checkpoints", "2", "--arch", "timm:convnext_atto", "--augment_transforms", "[]",
-    "--metalr_pin_epochs", "0", "--metalr_hyper_lr", "0.01", "--num_workers", "0",
+    "--metalr_pin_epochs", "0", "--metalr_hyper_lr", "0.01", "--num_workers", "0", "--metalr_meta_fraction", "0.34",
 ]  # fmt: skip
 
 # SGD, and what each process holds at the end, saved after the bundle's own run steps
@@ -37,7 +37,7 @@ DUMP = {
         "$torch.save({'lrs': torch.tensor(@metalr.history, dtype=torch.float64), "
         "'weights': {k: v.detach().clone() for k, v in @network.state_dict().items()}}, "
         "os.path.join(@output_dir, f'rank{medtransfer.distributed.rank()}.pt'))"
-    ]
+    ],
 }
 # the single process's training order: the permutation DistributedSampler draws from (seed, epoch), unsplit
 SINGLE_PROCESS_ORDER = {
@@ -54,11 +54,15 @@ SINGLE_PROCESS_ORDER = {
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp_busi")
     data = make_synthetic_busi(root / "synthetic_busi_demo", n_per_class=17, image_size=64)
-    # 36 training images: DistributedSampler pads a set not divisible by the processes with repeats, which one
-    # process does not see; an even set keeps "the same global batches" true to the last batch
+    # 36 training images, 12 held out as MetaLR's meta slice: DistributedSampler pads a set not divisible by the
+    # processes with repeats, which one process does not see; an even set keeps "the same global batches" true to the
+    # last batch
     from medtransfer.data.classification import classification_datalist
+    from medtransfer.data.heldout import fit_and_meta
 
-    assert len(classification_datalist(data, "busi", "train")) % 2 == 0
+    records = classification_datalist(data, "busi", "train")
+    fit = fit_and_meta(records, meta_source="heldout", meta_fraction=0.34, min_meta=2 * PER_PROCESS_BATCH)
+    assert len(fit["train"]) % 2 == 0 and len(fit["meta"]) >= 2 * PER_PROCESS_BATCH
     dump, order = root / "dump.json", root / "single_order.json"
     dump.write_text(json.dumps(DUMP))
     order.write_text(json.dumps(SINGLE_PROCESS_ORDER))

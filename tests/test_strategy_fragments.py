@@ -15,10 +15,11 @@ from medtransfer.runs import run_bundle_workflow
 # the ids configs/strategies/README.md promises a fragment can read
 CONTRACT = ("network", "layer_groups", "optimizer", "lr", "epochs", "batch_size", "seed", "device", "amp",
             "output_dir", "meta_dataset", "train#trainer", "train#handlers", "checkpoint_objects", "run_settings",
-            "lr_scheduler", "strategy", "train#dataset", "loss", "weight_decay", "pretrained_ckpt", "layer_granularity")  # fmt: skip
+            "lr_scheduler", "strategy", "train#dataset", "loss", "weight_decay", "pretrained_ckpt", "layer_granularity",
+            "meta_source", "meta_fraction", "meta_datalist", "fit_split", "max_train")  # fmt: skip
 # the ids a fragment may set at the top level, besides its own name-prefixed ones
 MAY_SET = {"strategy", "finetune", "weight_decay", "lr_scheduler", "+imports", "+train#handlers", "+checkpoint_objects",
-           "+run_settings"}  # fmt: skip
+           "+run_settings", "meta_source", "meta_fraction", "optimizer#_target_", "lr"}  # fmt: skip
 # fragments that need a classification head (one feature vector per image)
 CLASSIFICATION_ONLY = {"linear_probe_fast"}
 # small, fast runs of each bundle: one iteration of training and of validation

@@ -24,7 +24,7 @@ def test_metalr_fragment_trains_and_logs_learning_rates(demo_dir, tmp_path):
     run = tmp_path / "m"
     rows = _lr_rows(run)
     iterations = len(rows)
-    assert iterations == 3  # 21 training images in batches of 8
+    assert iterations == 2  # 21 training images, at least one meta batch (8) held out, the rest in batches of 8
     groups = [k for k in rows[0] if k != "iteration"]
     assert groups[0] == "conv1+bn1" and groups[-1] == "fc" and len(groups) == 10
     assert float(rows[0]["fc"]) == pytest.approx(1e-3)  # head pinned at base LR during the first epochs
@@ -34,6 +34,10 @@ def test_metalr_fragment_trains_and_logs_learning_rates(demo_dir, tmp_path):
     assert (run / "lr_curves.png").stat().st_size > 1000
     info = json.loads((run / "run_info.json").read_text())
     assert info["settings"]["strategy"] == "metalr" and info["settings"]["metalr_rule"] == "multiplicative"
+    assert info["settings"]["metalr_meta_source"] == "heldout" and info["settings"]["metalr_variant"] == "corrected"
+    split = json.loads((run / "split.json").read_text())
+    sizes = split["sizes"]  # the held-out slice is recorded, carved from the training split, apart from validation
+    assert sizes["meta"] >= 8 and sizes["train"] + sizes["meta"] == 21 and sizes["val"] == 5
     state = torch.load(run / "checkpoint_epoch=1.pt", weights_only=True)
     assert state["metalr"]["metalr"]["history"].shape == (iterations, 10)
     assert state["metalr"]["val_batches"]["drawn"] == iterations

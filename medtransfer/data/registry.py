@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medtransfer.data.splits import SPLIT_NAMES, split_records
+from medtransfer.data.heldout import cap_training
+from medtransfer.data.splits import SPLIT_NAMES
 from medtransfer.errors import DatasetError
 
 Records = list[dict[str, Any]]
@@ -125,9 +126,8 @@ def dataset_records(
         train = dataset_records(dataset_format, dataset_dir, "train", seed, max_train, **options)
         return train + dataset_records(dataset_format, dataset_dir, "val", seed, **options)
     records = spec.records(Path(dataset_dir), split, seed, **options)
-    if split == "train" and max_train is not None and max_train < len(records):
-        fraction = max_train / len(records)
-        records = split_records(records, (fraction, 1 - fraction, 0.0), seed)["train"]
+    if split == "train":
+        records = cap_training(records, max_train, seed)
     return records
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from medtransfer.atomic import write_csv_atomic
 from medtransfer.metrics import mean_std
+from medtransfer.runs import selected_on_meta_data
 from medtransfer.workflows.study import RunSpec, finished_runs, read_study
 
 __all__ = ["CHANCE_AUC", "METRICS", "epochs_to_reach", "finished_outcomes", "group_rows", "metric_keys", "run_outcome",
-           "write_rows"]
+           "write_rows"]  # fmt: skip
 
 METRICS = ("accuracy", "auc", "macro_f1", "mean_dice")  # classification, then segmentation (LiTS)
 LABELS = {"accuracy": "accuracy", "auc": "AUC", "macro_f1": "macro-F1", "mean_dice": "mean Dice"}
@@ -55,6 +56,8 @@ def run_outcome(study_dir: Path, spec: RunSpec, done: dict) -> dict:
         flags.append("first-epoch checkpoint")
     if any(key == "auc" and value <= CHANCE_AUC for _, value, key in selections):
         flags.append(f"validation AUC <= {CHANCE_AUC}")
+    if any(selected_on_meta_data(d) for d in {h.parent for h in histories} | {run_dir}):
+        flags.append("selected on meta data")
     if done.get("attempt") == "resumed":  # the time before the interruption was not recorded
         flags.append("resumed: wall time is the last attempt's")
     row["selected_epochs"] = " ".join(str(e) for e, _, _ in selections)
