@@ -8,6 +8,7 @@ Each is selected by a fragment in ``configs/strategies/<name>.json`` that replac
 from medtransfer.strategies.auto_rgn import AutoRGN, AutoRGNHandler
 from medtransfer.strategies.base import FineTuningStrategy, head_module
 from medtransfer.strategies.bss import BSS, BSSLoss, spectral_shrinkage
+from medtransfer.strategies.discriminative import DiscriminativeLR
 from medtransfer.strategies.freezing import FrozenGroups, freeze_groups
 from medtransfer.strategies.full import FullFineTuning
 from medtransfer.strategies.l2_sp import L2SP, L2SPLoss
@@ -23,6 +24,7 @@ __all__ = [
     "AutoRGN",
     "AutoRGNHandler",
     "BSSLoss",
+    "DiscriminativeLR",
     "FeatureDataset",
     "FineTuningStrategy",
     "FrozenGroups",
