@@ -1,17 +1,22 @@
 """Cost of a MetaLR training step next to a plain fine-tuning step (time and peak memory).
 
-Three modes on torchvision ResNet-18 (``weights=None``) in train mode, on fixed random tensors:
+Four modes on torchvision ResNet-18 (``weights=None``) in train mode, on fixed random tensors:
 
 ``plain``
     forward on the train batch, CrossEntropy, ``zero_grad(set_to_none=True)``, backward, ``optimizer.step()``
-    (Adam over ``param_groups(layer_groups(model), lr)``).
+    (AdamW, weight decay 1e-4, over ``param_groups(layer_groups(model), lr)``: the bundles' optimizer).
 ``metalr``
     the same forward/backward, then ``medtransfer.metalr.metalr_step`` (the function the trainer's
     ``medtransfer.handlers.MetaLRHandler`` calls: the hypergradient on a validation batch of the same size from the
-    training gradients, then ``metalr.update(h, epoch=10)``), ``metalr.record()``, then the real ``optimizer.step()``.
+    training gradients turned into AdamW's update directions, then ``metalr.update(h, epoch=10)``),
+    ``metalr.record()``, then the real ``optimizer.step()``.
 ``metalr_interval4``
     the same with ``MetaLR(..., meta_interval=4)``: the hypergradient only when ``metalr.is_due()``.
     Timing starts on a due iteration and covers a multiple of 4 iterations, so its mean is the amortised cost.
+``metalr_train_next``
+    no meta batch: ``medtransfer.metalr.next_batch_metalr_step`` (what the handler calls for
+    ``metalr_meta_source train_next``) moves the LRs along −⟨g_t, d_{t−1}⟩ and keeps this step's direction d_t.
+    Its extra memory is that direction buffer, one float per parameter (``direction_buffer_mib`` in the JSON).
 
 Each mode runs in its own subprocess (this script re-invoked with a hidden ``--_mode``), one after the other, never
 in parallel. Time: wall time per iteration (CUDA synchronised before the clock is read), median for ``plain`` and
@@ -40,7 +45,8 @@ the table (``load_average_start`` in the JSON); on a shared machine ``--threads 
 meaningful. Peak RSS also depends on how glibc reuses freed heap memory and can move by tens of MiB from one process to
 the next; ``--repeats`` reports the median and ``--malloc-mmap-threshold 131072`` makes it track live tensors.
 
-Targets (reported, not asserted): ratio_metalr <= 2.0, ratio_metalr_interval4 <= 1.3, peak_mem_ratio_metalr <= 1.15.
+Targets (reported, not asserted): ratio_metalr <= 1.85, ratio_metalr_interval4 <= 1.25, ratio_metalr_train_next <=
+1.10, peak_mem_ratio_metalr <= 1.15, peak_mem_ratio_metalr_interval4 <= 1.15.
 """
 
 from __future__ import annotations
@@ -63,11 +69,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-MODES = ("plain", "metalr", "metalr_interval4")
+MODES = ("plain", "metalr", "metalr_interval4", "metalr_train_next")
 TARGETS = {
-    "ratio_metalr": 2.0,
-    "ratio_metalr_interval4": 1.3,
+    "ratio_metalr": 1.85,
+    "ratio_metalr_interval4": 1.25,
+    "ratio_metalr_train_next": 1.10,
     "peak_mem_ratio_metalr": 1.15,
+    "peak_mem_ratio_metalr_interval4": 1.15,
 }
 MiB = 1024 * 1024
 
@@ -115,7 +123,7 @@ def build(args: argparse.Namespace, mode: str, device: torch.device):
     torch.manual_seed(0)
     model = resnet18(weights=None, num_classes=args.num_classes).to(device).train()
     groups = layer_groups(model)
-    optimizer = torch.optim.Adam(param_groups(groups, args.lr))
+    optimizer = torch.optim.AdamW(param_groups(groups, args.lr), weight_decay=1e-4)
     metalr = None
     if mode != "plain":
         metalr = MetaLR(optimizer, groups, base_lr=args.lr, meta_interval=4 if mode == "metalr_interval4" else 1)
@@ -132,7 +140,7 @@ def build(args: argparse.Namespace, mode: str, device: torch.device):
     return model, optimizer, metalr, train, val
 
 
-def make_step(model, optimizer, metalr, train, val, profile: bool = False):
+def make_step(model, optimizer, metalr, train, val, profile: bool = False, train_next: bool = False):
     """The training step of one mode, as a closure (``metalr is None``: plain).
 
     The meta update is the library's own ``metalr_step``, looked up when it runs, so the benchmark measures exactly
@@ -155,7 +163,10 @@ def make_step(model, optimizer, metalr, train, val, profile: bool = False):
             loss = loss_fn(model(inputs), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        if metalr is not None:
+        if metalr is not None and train_next:
+            meta = metalr_lib.next_batch_metalr_step(metalr, epoch=10) is not None
+            metalr.record()
+        elif metalr is not None:
             if metalr.is_due():
                 meta = True
                 metalr_lib.metalr_step(model, loss_fn, val, metalr, epoch=10)
@@ -173,7 +184,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, optimizer, metalr, train, val = build(args, mode, device)
-    step = make_step(model, optimizer, metalr, train, val)
+    step = make_step(model, optimizer, metalr, train, val, train_next=mode == "metalr_train_next")
 
     # memory baseline: everything built, no step taken yet
     mem: dict = {}
@@ -192,7 +203,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     for _ in range(args.warmup):
         step()
     # interval mode: start the timed window on a due iteration, so it holds whole meta_interval blocks
-    while metalr is not None and not metalr.is_due():
+    while metalr is not None and mode == "metalr_interval4" and not metalr.is_due():
         step()
 
     times, metas = [], []
@@ -229,6 +240,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
             statistics.median([t for t, m in zip(times, metas, strict=True) if not m]) if not all(metas) else None
         ),
         "threads": torch.get_num_threads(),
+        "direction_buffer_mib": sum(p.numel() * p.element_size() for p in model.parameters()) / MiB,
         **mem,
     }
     if args.profile and mode == "metalr":
@@ -309,6 +321,7 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, dict]]) -> dict:
 
     plain_ms, metalr_ms = med("plain", "median_ms"), med("metalr", "median_ms")
     interval_ms = med("metalr_interval4", "mean_ms")
+    next_ms = med("metalr_train_next", "median_ms")
     peaks = {m: med(m, "peak_rise_mib") for m in MODES}
     summary = {
         "device": str(device),
@@ -331,6 +344,12 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, dict]]) -> dict:
         "metalr_interval4_block4_median_ms": med("metalr_interval4", "block4_median_ms"),
         "ratio_metalr": metalr_ms / plain_ms,
         "ratio_metalr_interval4": interval_ms / plain_ms,
+        "metalr_train_next_ms": next_ms,
+        "ratio_metalr_train_next": next_ms / plain_ms,
+        "metalr_train_next_peak_rise_mib": peaks["metalr_train_next"],
+        "peak_mem_ratio_metalr_train_next": peaks["metalr_train_next"] / peaks["plain"],
+        "train_next_extra_mib": peaks["metalr_train_next"] - peaks["plain"],
+        "direction_buffer_mib": runs[0]["plain"]["direction_buffer_mib"],
         "ratio_metalr_min": med("metalr", "min_ms") / med("plain", "min_ms"),
         "plain_peak_rise_mib": peaks["plain"],
         "metalr_peak_rise_mib": peaks["metalr"],
@@ -378,11 +397,24 @@ def print_report(summary: dict) -> None:
             summary["metalr_interval4_peak_rise_mib"],
             summary["peak_mem_ratio_metalr_interval4"],
         ),
+        (
+            "metalr_train_next",
+            summary["metalr_train_next_ms"],
+            summary["ratio_metalr_train_next"],
+            summary["metalr_train_next_peak_rise_mib"],
+            summary["peak_mem_ratio_metalr_train_next"],
+        ),
     ]
     print(f"{'mode':<18} {'ms/iter':>9} {'x plain':>8} {'peak rise MiB':>14} {'x plain':>8}")
     for name, ms, ratio, mib, mratio in rows:
         print(f"{name:<18} {ms:9.1f} {ratio:8.2f} {mib:14.1f} {mratio:8.2f}")
-    print("(plain, metalr: median per iteration; metalr_interval4: mean over whole 4-iteration blocks)")
+    print(
+        "(plain, metalr, metalr_train_next: median per iteration; metalr_interval4: mean over whole 4-iteration blocks)"
+    )
+    print(
+        f"train_next keeps one direction buffer of {summary['direction_buffer_mib']:.1f} MiB; its peak rise over plain: "
+        f"{summary['train_next_extra_mib']:+.1f} MiB"
+    )
     for i, run in enumerate(summary["runs"]):
         iv = run["metalr_interval4"]
         print(
@@ -407,7 +439,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: leave as is)")
     parser.add_argument("--num-classes", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam LR (MetaLR: the head's initial LR)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW LR (MetaLR: the head's initial LR)")
     parser.add_argument("--repeats", type=int, default=1, help="run the three modes this many times, interleaved")
     parser.add_argument(
         "--malloc-mmap-threshold",

@@ -1,0 +1,211 @@
+"""The corrected-MetaLR study (issue 22): η grid on validation, then every variant and control against plain fine-tuning.
+
+Every run is the bundle's own training through ``medtransfer.workflows.compare.run_comparison`` (the function
+``medtransfer compare`` calls), so studies resume, record their settings and keep finished runs. The variants are
+strategy fragments written into the study folder from the shipped ones (``configs/strategies``) with a few keys
+changed, so each run's ``run_info.json`` says exactly what it trained with.
+
+Targets: BreastMNIST 64 px (``busi_classification``) and PneumoniaMNIST 64 px with 500 training images
+(``chestxray_classification --max_train 500``), both MedMNIST releases with their official splits; the ImageNet
+EfficientNet-Lite0 start, 10 epochs, batch 64.
+
+    python benchmarks/metalr_study.py grid --target breastmnist        # η grid, 6 values over 5 decades
+    python benchmarks/metalr_study.py grid --target pneumoniamnist500
+    python benchmarks/metalr_study.py choose                           # best mean validation rank -> grid.md
+    python benchmarks/metalr_study.py compare --target breastmnist --seeds 5
+    python benchmarks/metalr_study.py report --out docs/results        # paired intervals, tables, LR figure
+
+``grid`` selects on validation AUC only (each run's best validation epoch); ``compare`` reports test metrics of the
+checkpoint selected on validation; the meta data of every ``heldout`` run is a slice of the training split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+from medtransfer.bundling import strategy_path
+
+TARGETS = {
+    "breastmnist": {"bundle": "busi_classification", "file": "medmnist/breastmnist.npz", "overrides": {}},
+    "pneumoniamnist500": {
+        "bundle": "chestxray_classification",
+        "file": "medmnist/pneumoniamnist.npz",
+        "overrides": {"max_train": 500},
+    },
+}
+COMMON = {"arch": "efficientnet_lite0", "pretrained": "imagenet", "epochs": 10, "batch_size": 64, "image_size": 64}
+ETAS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# label -> (shipped fragment, keys changed)
+VARIANTS = {
+    "full": ("full", {}),
+    "discriminative": ("discriminative", {}),
+    "discriminative_constant": ("discriminative", {"discriminative_schedule": "constant"}),
+    "metalr_heldout": ("metalr", {"metalr_meta_source": "heldout"}),
+    "metalr_train": ("metalr", {"metalr_meta_source": "train"}),
+    "metalr_train_next": ("metalr", {"metalr_meta_source": "train_next"}),
+    "metalr_scale1": ("metalr", {"metalr_backbone_scale": 1.0}),
+    "metalr_normalized": ("metalr_normalized", {}),
+    "metalr_published": ("metalr_published", {}),
+}
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("MEDTRANSFER_DATA", "../shared/data")).resolve()
+
+
+def write_variant(folder: Path, label: str, base: str, changes: dict) -> Path:
+    """A complete fragment: the shipped `base` with `changes`, its strategy named `label`."""
+    fragment = json.loads(strategy_path(base).read_text())
+    unknown = set(changes) - set(fragment)
+    if unknown:
+        raise KeyError(f"{base}.json has no {sorted(unknown)}")
+    fragment.update(changes)
+    fragment["strategy"] = label
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{label}.json"
+    path.write_text(json.dumps(fragment, indent=4, ensure_ascii=False) + "\n")
+    return path
+
+
+def overrides_for(target: str) -> dict:
+    spec = TARGETS[target]
+    return {**COMMON, "dataset_format": "medmnist", "dataset_dir": str(data_root() / spec["file"]), **spec["overrides"]}
+
+
+def eta_label(eta: float) -> str:
+    return f"metalr_eta{eta:g}"
+
+
+def run(target: str, kind: str, fragments: list[Path], seeds: list[int], runs_dir: Path) -> Path:
+    from medtransfer.workflows.compare import run_comparison
+    from medtransfer.workflows.study import Placement
+
+    placement = Placement(name=f"{kind}_{target}", runs_dir=runs_dir)
+    return run_comparison(
+        TARGETS[target]["bundle"], [str(f) for f in fragments], seeds, overrides=overrides_for(target),
+        placement=placement,
+    )  # fmt: skip
+
+
+def grid(args: argparse.Namespace) -> None:
+    folder = args.runs_dir / "fragments"
+    fragments = [write_variant(folder, eta_label(eta), "metalr", {"metalr_hyper_lr": eta}) for eta in args.etas]
+    run(args.target, "grid", fragments, list(range(args.seeds)), args.runs_dir)
+
+
+def compare(args: argparse.Namespace) -> None:
+    folder = args.runs_dir / "fragments"
+    changes = {"metalr_hyper_lr": args.hyper_lr} if args.hyper_lr is not None else {}
+    fragments = []
+    for label, (base, keys) in VARIANTS.items():
+        extra = {**keys, **changes} if base == "metalr" else keys
+        fragments.append(write_variant(folder, label, base, extra))
+    run(args.target, "compare", fragments, list(range(args.seeds)), args.runs_dir)
+
+
+def _rows(study: Path) -> list[dict]:
+    from medtransfer.workflows.outcomes import finished_outcomes
+
+    return finished_outcomes(study)[2]
+
+
+def choose(args: argparse.Namespace) -> dict:
+    """Mean validation AUC per η on each target, its rank there, and the η with the best mean rank."""
+    from scipy.stats import rankdata
+
+    table: dict[str, dict[str, float]] = {}
+    for target in TARGETS:
+        study = next(iter(sorted(args.runs_dir.glob(f"compare_grid_{target}*"))), None)
+        if study is None:
+            continue
+        by_label: dict[str, list[float]] = {}
+        for row in _rows(study):
+            by_label.setdefault(row["label"], []).append(row["val_key_metric"])
+        table[target] = {label: sum(v) / len(v) for label, v in by_label.items()}
+    labels = sorted(
+        {label for scores in table.values() for label in scores}, key=lambda s: float(s[len("metalr_eta") :])
+    )
+    ranks = {}
+    for target, scores in table.items():
+        values = [-scores.get(label, -math.inf) for label in labels]
+        ranks[target] = dict(zip(labels, rankdata(values, method="average"), strict=True))
+    mean_rank = {label: sum(r[label] for r in ranks.values()) / len(ranks) for label in labels}
+    best = min(labels, key=lambda label: (mean_rank[label], -sum(t.get(label, 0) for t in table.values())))
+    lines = [
+        "| η | " + " | ".join(f"{t} val AUC (rank)" for t in table) + " | mean rank |",
+        "|---" * (len(table) + 2) + "|",
+    ]
+    for label in labels:
+        cells = [f"{table[t][label]:.4f} ({ranks[t][label]:g})" if label in table[t] else "-" for t in table]
+        mark = " **chosen**" if label == best else ""
+        lines.append(f"| {label[len('metalr_eta') :]}{mark} | " + " | ".join(cells) + f" | {mean_rank[label]:.1f} |")
+    text = "\n".join(lines) + "\n"
+    (args.runs_dir / "grid.md").write_text(text)
+    print(text)
+    result = {"table": table, "ranks": ranks, "mean_rank": mean_rank, "chosen": float(best[len("metalr_eta") :])}
+    (args.runs_dir / "grid.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    return result
+
+
+def report(args: argparse.Namespace) -> None:
+    """Per target: mean ± std of test ACC/AUC, paired difference to `full` with its 95 % t interval, wall time."""
+    from medtransfer.metrics import mean_std
+    from medtransfer.paired import format_interval, paired_differences, scores_from_runs
+
+    out = []
+    for target in TARGETS:
+        study = next(iter(sorted(args.runs_dir.glob(f"compare_compare_{target}*"))), None)
+        if study is None:
+            continue
+        rows = _rows(study)
+        out.append(f"### {target}\n")
+        diffs = {
+            m: {
+                d.strategy: d
+                for d in paired_differences(scores_from_runs(((r["label"], r["seed"], r) for r in rows), m), "full")
+            }
+            for m in ("accuracy", "auc")
+        }  # noqa: E501
+        header = "| strategy | n | test ACC | test AUC | ΔACC vs full [95 % CI] | ΔAUC vs full [95 % CI] | wall min/run | flags |"
+        lines = [header, "|---|---|---|---|---|---|---|---|"]
+        by_label: dict[str, list[dict]] = {}
+        for row in rows:
+            by_label.setdefault(row["label"], []).append(row)
+        for label, members in by_label.items():
+
+            def ms(key: str, members: list[dict] = members) -> str:
+                mean, std = mean_std([r[key] for r in members])
+                return f"{mean:.3f} ± {std:.3f}"
+
+            delta = [
+                format_interval(diffs[m][label]) if label in diffs[m] else "reference" for m in ("accuracy", "auc")
+            ]
+            flags = "; ".join(sorted({r["flags"] for r in members if r["flags"]}))
+            lines.append(
+                f"| {label} | {len(members)} | {ms('accuracy')} | {ms('auc')} | {delta[0]} | {delta[1]} | "
+                f"{ms('wall_min')} | {flags} |"
+            )
+        out.append("\n".join(lines) + "\n")
+    text = "\n".join(out)
+    (args.runs_dir / "report.md").write_text(text)
+    print(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("grid", "choose", "compare", "report"))
+    parser.add_argument("--target", choices=sorted(TARGETS), default="breastmnist")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 (grid default 1, compare: pass 5)")
+    parser.add_argument("--etas", type=float, nargs="+", default=list(ETAS))
+    parser.add_argument("--hyper-lr", type=float, help="compare: metalr_hyper_lr of the metalr variants")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/metalr_study"))
+    args = parser.parse_args(argv)
+    {"grid": grid, "choose": choose, "compare": compare, "report": report}[args.action](args)
+
+
+if __name__ == "__main__":
+    main()
