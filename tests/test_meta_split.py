@@ -93,3 +93,11 @@ def test_runs_tuned_on_the_selection_data_are_flagged(tmp_path):
         assert selected_on_meta_data(run) is flagged
     (tmp_path / "plain").mkdir()
     assert selected_on_meta_data(tmp_path / "plain") is False
+
+
+def test_meta_slice_of_whole_groups_grows_to_a_full_batch():
+    """Groups of 7 frames: a 10 % target (6 frames) cannot hold a batch of 8 without taking two groups."""
+    records = [{"id": f"{g}_{k}", "label": g % 2, "group": f"clip{g}"} for g in range(8) for k in range(7)]
+    fit = fit_and_meta(records, meta_source="heldout", meta_fraction=0.1, min_meta=8, seed=2)
+    assert len(fit["meta"]) >= 8 and len(fit["meta"]) % 7 == 0
+    assert not {r["group"] for r in fit["meta"]} & {r["group"] for r in fit["train"]}

@@ -106,7 +106,10 @@ def fit_and_meta(
             "train; lower batch_size, or use --metalr_meta_source train or train_next"
         )
     kept, meta = _split_off(capped, fraction, seed + 104_729)
-    if len(meta) < needed:  # whole groups can fall short of the target
+    while len(meta) < needed and fraction < 0.5:  # whole groups can fall short of the target: aim higher
+        fraction = min(fraction + (needed - len(meta)) / len(capped), 0.5)
+        kept, meta = _split_off(capped, fraction, seed + 104_729)
+    if len(meta) < needed:
         raise DatasetError(
             f"the held-out meta slice has {len(meta)} records, fewer than one meta batch ({needed}); raise "
             "--metalr_meta_fraction or lower --batch_size"

@@ -166,6 +166,7 @@ def test_join_command_trains_metalr_and_writes_table_and_plot(tmp_path, capsys):
     tiny = ["--epochs", "2", "--batch_size", "16", "--image_size", "32"]
     assert main(["transfer", "pretrain", "--dataset", "imagefolder", "--root", str(shapes), "--name", "pre",
                  "--runs-dir", str(runs), "--bundle", str(BUNDLE), *tiny]) == 0  # fmt: skip
+    tiny = ["--epochs", "2", "--batch_size", "6", "--image_size", "32"]  # 17 training images: a meta batch of 6 held out
     argv = ["transfer", "join", "--dataset", "busi", "--root", str(busi), "--name", "busi", "--runs-dir", str(runs),
             "--bundle", str(BUNDLE), "--pretrained-run", str(runs / "pre"), "--strategy", "metalr",
             "--metalr_pin_epochs", "0", *tiny]  # fmt: skip
