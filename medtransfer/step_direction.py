@@ -217,7 +217,8 @@ def last_step_dots(
         bias_correction1, bias_correction2 = 1 - beta1**step, 1 - beta2**step
         v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
         denom = torch.mul(v, bias_correction1**2 / bias_correction2).sqrt_().add_(eps * bias_correction1)
-        dot = torch.dot(g.reshape(-1), denom.reciprocal_().mul_(state["exp_avg"]).reshape(-1)).double()
+        adam = torch.div(state["exp_avg"], denom, out=denom)  # a = m / denom, in the same memory
+        dot = torch.dot(g.reshape(-1), adam.reshape(-1)).double()
         decoupled = kind == "adamw" or bool(group.get("decoupled_weight_decay", False))
         if decoupled and weight_decay != 0:
             dot = (dot + weight_decay * torch.dot(g.reshape(-1), p.detach().reshape(-1)).double()) / (
