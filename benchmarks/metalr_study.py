@@ -9,10 +9,11 @@ Targets: BreastMNIST 64 px (``busi_classification``) and PneumoniaMNIST 64 px wi
 (``chestxray_classification --max_train 500``), both MedMNIST releases with their official splits; the ImageNet
 EfficientNet-Lite0 start, 10 epochs, batch 64.
 
-    python benchmarks/metalr_study.py grid --target breastmnist        # η grid, 6 values over 5 decades
-    python benchmarks/metalr_study.py grid --target pneumoniamnist500
+    for seed in 0 1; do for target in breastmnist pneumoniamnist500; do   # η grid, 6 values over 5 decades
+        python benchmarks/metalr_study.py grid --target $target --seed $seed; done; done
     python benchmarks/metalr_study.py choose                           # best mean validation rank -> grid.md
-    python benchmarks/metalr_study.py compare --target breastmnist --seeds 5
+    for seed in 0 1 2 3 4; do for target in breastmnist pneumoniamnist500; do
+        python benchmarks/metalr_study.py compare --target $target --seed $seed; done; done
     python benchmarks/metalr_study.py report --out docs/results        # paired intervals, tables, LR figure
 
 ``grid`` selects on validation AUC only (each run's best validation epoch); ``compare`` reports test metrics of the
@@ -80,11 +81,11 @@ def eta_label(eta: float) -> str:
     return f"metalr_eta{eta:g}"
 
 
-def run(target: str, kind: str, fragments: list[Path], seeds: list[int], runs_dir: Path) -> Path:
+def run(target: str, name: str, fragments: list[Path], seeds: list[int], runs_dir: Path) -> Path:
     from medtransfer.workflows.compare import run_comparison
     from medtransfer.workflows.study import Placement
 
-    placement = Placement(name=f"{kind}_{target}", runs_dir=runs_dir)
+    placement = Placement(name=name, runs_dir=runs_dir)
     return run_comparison(
         TARGETS[target]["bundle"], [str(f) for f in fragments], seeds, overrides=overrides_for(target),
         placement=placement,
@@ -94,7 +95,7 @@ def run(target: str, kind: str, fragments: list[Path], seeds: list[int], runs_di
 def grid(args: argparse.Namespace) -> None:
     folder = args.runs_dir / "fragments"
     fragments = [write_variant(folder, eta_label(eta), "metalr", {"metalr_hyper_lr": eta}) for eta in args.etas]
-    run(args.target, "grid", fragments, list(range(args.seeds)), args.runs_dir)
+    run(args.target, f"grid_{args.target}_seed{args.seed}", fragments, [args.seed], args.runs_dir)
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -104,7 +105,8 @@ def compare(args: argparse.Namespace) -> None:
     for label, (base, keys) in VARIANTS.items():
         extra = {**keys, **changes} if base == "metalr" else keys
         fragments.append(write_variant(folder, label, base, extra))
-    run(args.target, "compare", fragments, list(range(args.seeds)), args.runs_dir)
+    # one study per (target, seed), so the targets can be run seed by seed, alternately; `report` joins them
+    run(args.target, f"{args.target}_seed{args.seed}", fragments, [args.seed], args.runs_dir)
 
 
 def _rows(study: Path) -> list[dict]:
@@ -113,18 +115,26 @@ def _rows(study: Path) -> list[dict]:
     return finished_outcomes(study)[2]
 
 
+def _finished(study: Path) -> list[dict]:
+    """The finished runs' rows of a study (none yet: no rows)."""
+    try:
+        return _rows(study)
+    except FileNotFoundError:
+        return []
+
+
 def choose(args: argparse.Namespace) -> dict:
     """Mean validation AUC per η on each target, its rank there, and the η with the best mean rank."""
     from scipy.stats import rankdata
 
-    table: dict[str, dict[str, float]] = {}
+    table: dict[str, dict[str, float]] = {}  # target -> label -> mean validation AUC over the seeds
     for target in TARGETS:
-        study = next(iter(sorted(args.runs_dir.glob(f"compare_grid_{target}*"))), None)
-        if study is None:
-            continue
         by_label: dict[str, list[float]] = {}
-        for row in _rows(study):
-            by_label.setdefault(row["label"], []).append(row["val_key_metric"])
+        for study in sorted(args.runs_dir.glob(f"compare_grid_{target}_seed*")):
+            for row in _finished(study):
+                by_label.setdefault(row["label"], []).append(row["val_key_metric"])
+        if not by_label:
+            continue
         table[target] = {label: sum(v) / len(v) for label, v in by_label.items()}
     labels = sorted(
         {label for scores in table.values() for label in scores}, key=lambda s: float(s[len("metalr_eta") :])
@@ -134,7 +144,8 @@ def choose(args: argparse.Namespace) -> dict:
         values = [-scores.get(label, -math.inf) for label in labels]
         ranks[target] = dict(zip(labels, rankdata(values, method="average"), strict=True))
     mean_rank = {label: sum(r[label] for r in ranks.values()) / len(ranks) for label in labels}
-    best = min(labels, key=lambda label: (mean_rank[label], -sum(t.get(label, 0) for t in table.values())))
+    # ties go to the smaller η: its LRs sit on the bounds less often (a bound-to-bound η is no tuned value)
+    best = min(labels, key=lambda label: (mean_rank[label], float(label[len("metalr_eta") :])))
     lines = [
         "| η | " + " | ".join(f"{t} val AUC (rank)" for t in table) + " | mean rank |",
         "|---" * (len(table) + 2) + "|",
@@ -158,10 +169,10 @@ def report(args: argparse.Namespace) -> None:
 
     out = []
     for target in TARGETS:
-        study = next(iter(sorted(args.runs_dir.glob(f"compare_compare_{target}*"))), None)
-        if study is None:
+        studies = sorted(args.runs_dir.glob(f"compare_{target}_seed*"))
+        rows = [row for study in studies if (study / "study.json").is_file() for row in _finished(study)]
+        if not rows:
             continue
-        rows = _rows(study)
         out.append(f"### {target}\n")
         diffs = {
             m: {
@@ -199,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("grid", "choose", "compare", "report"))
     parser.add_argument("--target", choices=sorted(TARGETS), default="breastmnist")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 (grid default 1, compare: pass 5)")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of this study (grid, compare)")
     parser.add_argument("--etas", type=float, nargs="+", default=list(ETAS))
     parser.add_argument("--hyper-lr", type=float, help="compare: metalr_hyper_lr of the metalr variants")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/metalr_study"))
