@@ -190,7 +190,7 @@ def report(args: argparse.Namespace) -> None:
 
             def ms(key: str, members: list[dict] = members) -> str:
                 mean, std = mean_std([r[key] for r in members])
-                return f"{mean:.3f} ± {std:.3f}"
+                return f"{mean:.3f} ± {std:.3f}" if len(members) > 1 else f"{mean:.3f}"
 
             delta = [
                 format_interval(diffs[m][label]) if label in diffs[m] else "reference" for m in ("accuracy", "auc")
@@ -201,9 +201,40 @@ def report(args: argparse.Namespace) -> None:
                 f"{ms('wall_min')} | {flags} |"
             )
         out.append("\n".join(lines) + "\n")
+        figure = forest_plot(diffs, target, args.runs_dir / f"paired_{target}.png")
+        out.append(f"![paired differences, {target}]({figure.name})\n")
     text = "\n".join(out)
     (args.runs_dir / "report.md").write_text(text)
     print(text)
+
+
+def forest_plot(diffs: dict, target: str, path: Path) -> Path:
+    """Each strategy's paired difference to `full` (test ACC and AUC) with its 95 % t interval."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from medtransfer.report import save_figure
+
+    labels = list(diffs["auc"])
+    fig = Figure(figsize=(7.5, 0.45 * len(labels) + 1.6))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, metric in zip(axes, ("accuracy", "auc"), strict=True):
+        for k, label in enumerate(labels):
+            d = diffs[metric][label]
+            if math.isfinite(d.low):
+                ax.errorbar(d.mean, k, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", capsize=3, color="C0")
+            elif math.isfinite(d.mean):
+                ax.plot(d.mean, k, "o", color="C0")
+        ax.axvline(0.0, color="grey", lw=1)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.set_title(f"test {'ACC' if metric == 'accuracy' else 'AUC'} − full (95 % CI)", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(labels)), labels)
+    axes[0].invert_yaxis()
+    n = max(d.n for d in diffs["auc"].values())
+    fig.suptitle(f"{target}: paired by seed (n = {n})", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
