@@ -174,7 +174,7 @@ def hypergradient_from_directions(
     zero = torch.zeros((), dtype=torch.float64, device=params[0].device)
     dot_values = torch.stack([zero if v is None else v.double() for v in dots])
     index = torch.tensor(owner, dtype=torch.long, device=dot_values.device)
-    hyper = torch.zeros(len(groups), dtype=torch.float64, device=dot_values.device).index_add_(0, index, dot_values)
+    hyper = _group_sums(dot_values, index, len(groups))
     if normalize:  # the loss scale cancels in the cosine
         meta_values = torch.stack([zero if v is None else v.double() for v in meta_sq])
         step_sq = torch.stack([torch.dot(d.reshape(-1), d.reshape(-1)).double() for d in steps])
@@ -188,10 +188,14 @@ def hypergradient_from_directions(
     return result.cpu()
 
 
+def _group_sums(values: torch.Tensor, index: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Per-tensor values summed per layer group (`index`: each tensor's group), float64 on the values' device."""
+    return torch.zeros(n_groups, dtype=torch.float64, device=values.device).index_add_(0, index, values)
+
+
 def _negative_cosine(dots: torch.Tensor, index: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
     """−⟨a_j, b_j⟩/(‖a_j‖‖b_j‖) per group from per-tensor squared norms (0 where a norm is 0)."""
-    norms = torch.zeros_like(dots).index_add_(0, index, a_sq).sqrt()
-    norms *= torch.zeros_like(dots).index_add_(0, index, b_sq).sqrt()
+    norms = _group_sums(a_sq, index, len(dots)).sqrt() * _group_sums(b_sq, index, len(dots)).sqrt()
     return torch.where(norms > 0, -dots / norms.clamp_min(1e-300), torch.zeros_like(dots))
 
 
@@ -219,7 +223,7 @@ def next_batch_hypergradient(
         return torch.zeros(len(groups), dtype=torch.float64)
     values = torch.stack(dots)
     index = torch.tensor(owner, dtype=torch.long, device=values.device)
-    hyper = torch.zeros(len(groups), dtype=torch.float64, device=values.device).index_add_(0, index, values)
+    hyper = _group_sums(values, index, len(groups))
     result = _negative_cosine(hyper, index, torch.stack(g_sq), torch.stack(d_sq)) if normalize else -hyper
     if distributed.is_distributed():
         distributed.broadcast_(result)
@@ -347,7 +351,7 @@ def _previous_step_hypergradient(metalr: MetaLR, grads: Directions) -> torch.Ten
     if kept:
         index = torch.tensor([j for j, _ in kept], dtype=torch.long, device=kept[0][1].device)
         values = torch.stack([d for _, d in kept])
-        hyper = torch.zeros(len(metalr.groups), dtype=torch.float64, device=values.device).index_add_(0, index, values)
+        hyper = _group_sums(values, index, len(metalr.groups))
     result = -hyper
     if distributed.is_distributed():
         distributed.broadcast_(result)

@@ -81,8 +81,9 @@ class MetaLRHandler:
                 scaler.unscale_(engine.optimizer)
             # with AMP an overflowing step is skipped by the scaler: skip its meta update too (without AMP a
             # non-finite gradient gives a non-finite hypergradient, which MetaLR.update ignores)
-            grads = [p.grad for group in metalr.groups for p in group.params if p.grad is not None]
-            will_step = scaler is None or _all_finite(grads)
+            will_step = scaler is None or _all_finite(
+                [p.grad for group in metalr.groups for p in group.params if p.grad is not None]
+            )
             if self.train_next:
                 if will_step:
                     hyper = metalr_lib.next_batch_metalr_step(metalr, engine.state.epoch)
