@@ -27,16 +27,20 @@ logger = logging.getLogger(__name__)
 Records = list[dict[str, Any]]
 
 
-def _split_off(records: Sequence[dict], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(kept, split off) indices: about `fraction` of the records split off, by group, else by class, else at random."""
+def _split_off(records: Sequence[dict], fraction: float, seed: int, keep: float | None = None) -> tuple[list, list]:
+    """(kept, split off) indices: about `fraction` of the records split off, by group, else by class, else at random.
+
+    `keep` (default 1 − fraction) is the kept share as the caller computed it, so a cap keeps exactly the stratified
+    counts of ``max_train / n`` (the same floating-point value gives the same rounding)."""
     n = len(records)
+    shares = (1 - fraction, fraction, 0.0) if keep is None else (keep, 1 - keep, 0.0)
     if all("group" in r for r in records):
         labels = [r.get("label", 0) for r in records]
         return grouped_validation_split(labels, [r["group"] for r in records], range(n), fraction, seed=seed)
     labels = [r.get("label") for r in records]
     if all(isinstance(label, (int, np.integer)) for label in labels):
         names = {r["label"]: r["class_name"] for r in records if "class_name" in r}
-        parts = stratified_split(labels, (1 - fraction, fraction, 0.0), seed=seed, label_names=names)
+        parts = stratified_split(labels, shares, seed=seed, label_names=names)
         return parts["train"], parts["val"]
     order = np.random.default_rng(seed).permutation(n)  # labels that are files (segmentation masks): unstratified
     k = round(fraction * n)
@@ -58,12 +62,7 @@ def cap_training(records: Sequence[dict], max_train: int | None, seed: int = 0) 
     if int(max_train) >= len(records):
         return list(records)
     keep = int(max_train) / len(records)
-    if not all("group" in r for r in records) and all(isinstance(r.get("label"), (int, np.integer)) for r in records):
-        names = {r["label"]: r["class_name"] for r in records if "class_name" in r}
-        labels = [r["label"] for r in records]
-        kept = stratified_split(labels, (keep, 1 - keep, 0.0), seed=seed, label_names=names)["train"]
-    else:
-        kept, _ = _split_off(records, 1 - keep, seed)
+    kept, _ = _split_off(records, 1 - keep, seed, keep=keep)
     return [records[i] for i in kept]
 
 
