@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 
 from medtransfer.bundling import strategy_path
@@ -181,7 +182,10 @@ def report(args: argparse.Namespace) -> None:
             }
             for m in ("accuracy", "auc")
         }  # noqa: E501
-        header = "| strategy | n | test ACC | test AUC | ΔACC vs full [95 % CI] | ΔAUC vs full [95 % CI] | wall min/run | flags |"
+        header = (
+            "| strategy | n | test ACC | test AUC | ΔACC vs full [95 % CI] | ΔAUC vs full [95 % CI] "
+            "| wall min/run, median [range] | flags |"
+        )
         lines = [header, "|---|---|---|---|---|---|---|---|"]
         by_label: dict[str, list[dict]] = {}
         for row in rows:
@@ -192,20 +196,49 @@ def report(args: argparse.Namespace) -> None:
                 mean, std = mean_std([r[key] for r in members])
                 return f"{mean:.3f} ± {std:.3f}" if len(members) > 1 else f"{mean:.3f}"
 
+            def wall(members: list[dict] = members) -> str:
+                """Median and range: robust to a run that shared the CPU with other work."""
+                minutes = sorted(r["wall_min"] for r in members)
+                return f"{statistics.median(minutes):.2f} [{minutes[0]:.2f}–{minutes[-1]:.2f}]"
+
             delta = [
                 format_interval(diffs[m][label]) if label in diffs[m] else "reference" for m in ("accuracy", "auc")
             ]
             flags = "; ".join(sorted({r["flags"] for r in members if r["flags"]}))
             lines.append(
                 f"| {label} | {len(members)} | {ms('accuracy')} | {ms('auc')} | {delta[0]} | {delta[1]} | "
-                f"{ms('wall_min')} | {flags} |"
+                f"{wall()} | {flags} |"
             )
         out.append("\n".join(lines) + "\n")
+        out.append(_against_control(rows))
         figure = forest_plot(diffs, target, args.runs_dir / f"paired_{target}.png")
         out.append(f"![paired differences, {target}]({figure.name})\n")
     text = "\n".join(out)
     (args.runs_dir / "report.md").write_text(text)
     print(text)
+
+
+CONTROL = "discriminative_constant"  # MetaLR's initial LRs and constant schedule, no meta step
+# the variants that start where the control stays (body 0.1x lr, head lr, AdamW 1e-3): their difference to it is the
+# meta step's; metalr_scale1 (one LR everywhere) and metalr_published (Adam, lr 0.01) start elsewhere
+SAME_START = ("metalr_heldout", "metalr_train", "metalr_train_next", "metalr_normalized")
+
+
+def _against_control(rows: list[dict]) -> str:
+    """What the meta step adds: the paired difference of each MetaLR variant that starts where its control stays."""
+    from medtransfer.paired import format_interval, paired_differences, scores_from_runs
+
+    lines = [f"Against `{CONTROL}` (what the meta step adds):\n", "| strategy | ΔACC [95 % CI] | ΔAUC [95 % CI] |",
+             "|---|---|---|"]  # fmt: skip
+    found = {
+        m: {d.strategy: d for d in paired_differences(scores_from_runs(((r["label"], r["seed"], r) for r in rows), m), CONTROL)}
+        for m in ("accuracy", "auc")
+    }  # fmt: skip
+    for label in SAME_START:
+        if label in found["auc"]:
+            acc, auc = format_interval(found["accuracy"][label]), format_interval(found["auc"][label])
+            lines.append(f"| {label} | {acc} | {auc} |")
+    return "\n".join(lines) + "\n"
 
 
 def forest_plot(diffs: dict, target: str, path: Path) -> Path:
