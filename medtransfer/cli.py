@@ -185,9 +185,10 @@ def _transfer(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.step in ("pretrain", "finetune", "join"):
+        from medtransfer.runs import check_run_name
         from medtransfer.transferability.study import train_and_evaluate
 
-        settings = {"dataset_format": args.dataset_format, "dataset_dir": args.root, "run_name": args.name}
+        settings = {"dataset_format": args.dataset_format, "dataset_dir": args.root, "run_name": check_run_name(args.name)}
         settings |= {"arch": args.arch, "runs_dir": args.runs_dir}
         if args.step != "pretrain":
             settings["pretrained_ckpt"] = str(Path(args.pretrained_run) / "model.pt")
