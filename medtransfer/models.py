@@ -127,8 +127,10 @@ def place_network(network: nn.Module, device: torch.device | str, channels_last:
     change, never values, and inputs need no conversion: a channels-last weight makes the convolution's output
     channels-last, so the layout propagates. Networks with 3-D (5-D tensor) weights are left as they are.
     """
+    from medtransfer.settings import as_flag
+
     network = network.to(device)
-    if channels_last and not any(p.dim() == 5 for p in network.parameters()):
+    if as_flag(channels_last, "channels_last") and not any(p.dim() == 5 for p in network.parameters()):
         network = network.to(memory_format=torch.channels_last)
     return network
 

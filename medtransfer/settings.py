@@ -37,7 +37,10 @@ RANGES: dict[str, tuple[float, bool, str]] = {
 }
 _POSITIVE = {"lr"}  # zero is out of range too
 # switches: `--resume true` reaches a bundle as the string "true" (python-fire reads only True/False as booleans)
-FLAGS = ("resume", "allow_changed_split", "amp", "channels_last", "save_init", "include_images")
+FLAGS = (
+    "resume", "allow_changed_split", "amp", "channels_last", "save_init", "include_images", "augment_on_device",
+    "metalr_bounds_relative", "t_informed_bounds_relative",
+)  # fmt: skip
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 _FRACTIONS = {"val_fraction"}  # strictly between 0 and 1
 
