@@ -96,7 +96,8 @@ def run_cross_validation(
     configs = bundle / "configs"
     if not (configs / "train.json").is_file() or not (configs / "evaluate.json").is_file():
         raise FileNotFoundError(f"{configs} must hold train.json and evaluate.json; pass a bundle folder")
-    cv_dir = Path(runs_dir or Path("runs") / bundle.name) / check_run_name(f"cv_{timestamp()}" if name is None else name)
+    name = check_run_name(f"cv_{timestamp()}" if name is None else name)
+    cv_dir = Path(runs_dir or Path("runs") / bundle.name) / name
     if cv_dir.exists() and not resume:
         raise RunDirectoryError(
             f"cross-validation folder {cv_dir} already exists; pass --resume to continue it or choose another --name"

@@ -47,7 +47,7 @@ def check_run_name(name: object, nested: bool = False) -> str:
         or text.startswith(("/", "\\"))
         or "\0" in text
         or any(part in ("", ".", "..") or part != part.strip() for part in parts)
-        or not nested and ("/" in text or "\\" in text)
+        or (not nested and ("/" in text or "\\" in text))
     )
     if bad:
         folds = " (evaluation also takes a fold's cv_<name>/fold<i>)" if nested else ""

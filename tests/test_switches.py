@@ -74,7 +74,9 @@ def test_a_switch_that_is_not_a_switch_is_refused_naming_it(demo_dir, tmp_path):
         _built(demo_dir, tmp_path, {"amp": "maybe"})
     from medtransfer.errors import find_in_chain
 
-    assert "--amp 'maybe' is not a switch: pass --amp true or --amp false" in str(find_in_chain(caught.value, SettingsError))
+    assert "--amp 'maybe' is not a switch: pass --amp true or --amp false" in str(
+        find_in_chain(caught.value, SettingsError)
+    )
 
 
 def test_metalr_bounds_relative_as_a_word():
