@@ -185,9 +185,11 @@ def _transfer(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.step in ("pretrain", "finetune", "join"):
+        from medtransfer.runs import check_run_name
         from medtransfer.transferability.study import train_and_evaluate
 
-        settings = {"dataset_format": args.dataset_format, "dataset_dir": args.root, "run_name": args.name}
+        settings = {"dataset_format": args.dataset_format, "dataset_dir": args.root}
+        settings["run_name"] = check_run_name(args.name)
         settings |= {"arch": args.arch, "runs_dir": args.runs_dir}
         if args.step != "pretrain":
             settings["pretrained_ckpt"] = str(Path(args.pretrained_run) / "model.pt")
@@ -599,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from medtransfer.errors import RunInterrupted
-    from medtransfer.launch import project_error, report_error
+    from medtransfer.launch import error_message, project_error, report_error
 
     try:
         status = args.func(args)  # commands that report their own outcome (doctor) return an exit status
@@ -611,10 +613,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             report_error(exc, show_traceback=args.traceback, stream=sys.stderr)
             return status
-        err = project_error(exc)
-        if err is None:
+        message, unexpected = error_message(exc)
+        if unexpected:  # a bug, not bad input: its traceback is what a report needs
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(message, file=sys.stderr)
         return status
     return int(status or 0)
 

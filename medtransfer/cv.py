@@ -26,7 +26,7 @@ from medtransfer.errors import RunDirectoryError
 from medtransfer.launch import parse_overrides  # noqa: F401  (re-exported: cv's override reader)
 from medtransfer.metrics import classification_report, confusion_report, mean_std
 from medtransfer.report import markdown_table, plot_confusion_matrix, save_json
-from medtransfer.runs import timestamp, train_then_evaluate
+from medtransfer.runs import check_run_name, timestamp, train_then_evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def run_cross_validation(
     configs = bundle / "configs"
     if not (configs / "train.json").is_file() or not (configs / "evaluate.json").is_file():
         raise FileNotFoundError(f"{configs} must hold train.json and evaluate.json; pass a bundle folder")
-    cv_dir = Path(runs_dir or Path("runs") / bundle.name) / (name or f"cv_{timestamp()}")
+    name = check_run_name(f"cv_{timestamp()}" if name is None else name)
+    cv_dir = Path(runs_dir or Path("runs") / bundle.name) / name
     if cv_dir.exists() and not resume:
         raise RunDirectoryError(
             f"cross-validation folder {cv_dir} already exists; pass --resume to continue it or choose another --name"

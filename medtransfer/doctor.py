@@ -20,7 +20,6 @@ mismatch is the reader's row. ``error`` rows stop a run or make its test numbers
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,9 +32,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from medtransfer.atomic import write_csv_atomic, write_text_atomic
+from medtransfer.data.busi import BUSI_CLASSES, IMAGE_EXTENSIONS, IMAGE_NAME, MASK_NAME
 
 # the BUSI reader's own file-name rules, so that images and masks pair up exactly as read_busi pairs them
-from medtransfer.data.busi import BUSI_CLASSES, IMAGE_EXTENSIONS, IMAGE_NAME, MASK_NAME
+from medtransfer.data.content import array_key, dropped_copies, file_key
 from medtransfer.data.imagefolder import FOLDER_SUFFIXES, folder_classes
 from medtransfer.data.pocus import read_pocus_clips
 from medtransfer.data.registry import Records, dataset_class_names, dataset_records, format_names
@@ -57,6 +57,7 @@ CROSS_SPLIT_DUPLICATE = "duplicate across splits"
 SINGLE_IMAGE_CLASS = "single-image class"
 IMAGE_WITHOUT_MASK = "image without mask"
 DUPLICATE_IN_SPLIT = "duplicate within split"
+COPY_LEFT_OUT = "copy of a held-out image"
 # every check with its severity, in the order the table lists them: errors stop a run or make its test numbers
 # meaningless, warnings do not
 CHECKS = {
@@ -70,6 +71,7 @@ CHECKS = {
     SINGLE_IMAGE_CLASS: WARNING,
     IMAGE_WITHOUT_MASK: WARNING,
     DUPLICATE_IN_SPLIT: WARNING,
+    COPY_LEFT_OUT: WARNING,
 }
 COLUMNS = ("severity", "check", "split", "file or class", "detail", "fix")
 DUPLICATES_NAMED = 5  # a duplicate row names at most this many other copies
@@ -159,20 +161,6 @@ def _detail_and_fix(message: str) -> tuple[str, str]:
     return (detail, fix) if sep else (message, "")
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _array_digest(array: np.ndarray) -> str:
-    digest = hashlib.blake2b(f"{array.shape} {array.dtype.str}".encode(), digest_size=16)
-    digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
 class _Examination:
     """One diagnosis in progress: the dataset, the rows found so far, and what each file gave when opened (each file
     is decoded and hashed once, however many checks look at it)."""
@@ -214,7 +202,7 @@ class _Examination:
 
     def file_digest(self, path: str) -> str:
         if path not in self._digests:
-            self._digests[path] = _file_digest(path)
+            self._digests[path] = file_key(path)
         return self._digests[path]
 
 
@@ -402,9 +390,23 @@ def _record_rows(exam: _Examination, splits: dict[str, Records], segmentation: b
             except DatasetError as exc:
                 exam.add(UNREADABLE, split, where, *_detail_and_fix(str(exc)))
                 continue
-            digest = _array_digest(image)
+            digest = array_key(image)
         holders[digest].append((split, where))
     _duplicate_rows(exam, [copies for copies in holders.values() if len(copies) > 1])
+
+
+def _left_out_rows(exam: _Examination, root: Path) -> None:
+    """The copies a run leaves out of training/validation because the dataset's own test (or val) split holds them."""
+    for split, names in dropped_copies(root).items():
+        for name in names:
+            exam.add(
+                COPY_LEFT_OUT,
+                split,
+                exam.shown(name),
+                f"the same content as an image of a later split (the dataset's own split); a run leaves it out of {split}",
+                "nothing to do: the test split is kept whole (delete the copy to silence this row)",
+                path=name,
+            )
 
 
 def _duplicate_rows(exam: _Examination, groups: list[list[tuple[str, str]]]) -> None:
@@ -502,6 +504,7 @@ def diagnose(
         except DatasetError as exc:
             failures[str(exc)].append(split)
     _reader_rows(exam, failures)
+    _left_out_rows(exam, root)
     _record_rows(exam, splits, segmentation)
     if classes is not None:
         _class_rows(exam, splits, classes)

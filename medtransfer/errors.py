@@ -56,3 +56,39 @@ class SettingsError(MedTransferError, ValueError):
 
 class RunInterrupted(MedTransferError):
     """The user stopped a run (Ctrl-C); the message says what was kept and how to continue."""
+
+
+_FILESYSTEM_FIXES = {
+    "ENOENT": "it does not exist (moved or deleted, perhaps while the run was going): check the path or restore it; a "
+    "run continues from its last complete checkpoint with --resume true",
+    "EACCES": "permission denied: make it readable (and its folder writable) for you, or choose another folder "
+    "(--runs_dir for run folders)",
+    "EPERM": "the operation is not permitted: check its owner and permissions, or choose another folder",
+    "EROFS": "it is on a read-only file system: choose a writable folder (--runs_dir for run folders)",
+    "ENOSPC": "no space is left on its device: free some (fewer epoch checkpoints: --keep_checkpoints 1) or choose a "
+    "folder on another disk (--runs_dir)",
+    "EDQUOT": "the disk quota is exceeded: free some space or choose a folder on another disk (--runs_dir)",
+    "ELOOP": "too many symbolic links resolving it (a link that points to itself?): fix or remove the link",
+    "ENOTDIR": "a part of the path is a file, not a folder: check the path",
+    "EISDIR": "it is a folder where a file was expected: check the path",
+    "ENAMETOOLONG": "the path is too long: use a shorter folder or run name",
+    "EMFILE": "too many files are open: lower --num_workers, or raise the limit (ulimit -n)",
+}
+
+
+def filesystem_message(exc: BaseException) -> str | None:
+    """One line for a file system error (missing, permission denied, read-only, disk full, link loop, ...): the file,
+    what is wrong and the fix; None for any other exception."""
+    import errno
+
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    code = errno.errorcode.get(exc.errno, "")
+    fix = _FILESYSTEM_FIXES.get(code)
+    if fix is None:
+        return None
+    import os
+
+    names = [os.fsdecode(n) if isinstance(n, bytes) else str(n) for n in (exc.filename, exc.filename2) if n]
+    where = " -> ".join(names) if names else "a file"
+    return f"{where}: {fix} ({exc.strerror or code})"

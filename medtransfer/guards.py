@@ -73,16 +73,34 @@ def _short_hash(identity: str) -> str:
     return hashlib.sha1(identity.encode()).hexdigest()[:16]
 
 
+def _content(records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Short content key -> the image's name, for every record whose image has a key."""
+    from medtransfer.data.content import content_key
+
+    found = {}
+    for record in records:
+        key = content_key(record)
+        if key is not None:
+            found.setdefault(key[:20], record_identity(record))
+    return found
+
+
 def split_record(settings: Mapping[str, Any], datalists: Mapping[str, Sequence[Mapping]], classes: Sequence) -> dict:
-    """What ``split.json`` holds for these settings and the train/val records."""
+    """What ``split.json`` holds for these settings and the train/val/meta records: settings, fingerprints, and the
+    names and content keys of every image the run fits on (so evaluation can refuse a test image it saw under any
+    name), and the copies of held-out images the dataset's own split held, which the readers left out."""
+    from medtransfer.data.content import dropped_copies
+
+    fit = [r for split in _FIT_SPLITS for r in datalists.get(split, ())]
+    dropped = dropped_copies(settings["dataset_dir"]) if settings.get("dataset_dir") is not None else {}
     return {
         "settings": {k: resolved_setting(k, v) for k, v in settings.items()},
         "classes": [str(c) for c in classes],
         "fingerprints": {split: fingerprint(records) for split, records in datalists.items()},
         "sizes": {split: len(records) for split, records in datalists.items()},
-        "fit_images": sorted(
-            {_short_hash(record_identity(r)) for split in _FIT_SPLITS for r in datalists.get(split, ())}
-        ),
+        "fit_images": sorted({_short_hash(record_identity(r)) for r in fit}),
+        "fit_content": dict(sorted(_content(fit).items())),
+        **({"copies_left_out": dropped} if dropped else {}),
     }
 
 
@@ -135,8 +153,15 @@ def guard_split(
     if test is not None and not changes:
         fit = set(recorded.get("fit_images", []))
         leaked = [record_identity(r) for r in test if _short_hash(record_identity(r)) in fit]
+        fit_content = recorded.get("fit_content", {})
+        by_content = _content(test) if fit_content else {}
+        copies = [(name, fit_content[key]) for key, name in by_content.items() if key in fit_content]
         if leaked:
             changes.append((LEAKED, 0, f"{len(leaked)} of {len(test)}, e.g. {leaked[0]}"))
+        elif copies:
+            pairs = "; ".join(f"{test_name} = {fit_name}" for test_name, fit_name in copies[:5])
+            more = f" and {len(copies) - 5} more" if len(copies) > 5 else ""
+            changes.append((LEAKED, 0, f"{len(copies)} of {len(test)} by content, under other names ({pairs}{more})"))
     if not changes:
         return []
     described = "; ".join(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medtransfer.bundling import bundle_path, strategy_path
-from medtransfer.errors import BundleError, MedTransferError, RunInterrupted, find_in_chain
+from medtransfer.errors import BundleError, MedTransferError, RunInterrupted, filesystem_message, find_in_chain
 
 WORKFLOWS = {
     "train": ("train.json",),
@@ -103,7 +103,7 @@ def check_overrides(bundle: str | Path, strategies: Sequence[str], overrides: Ma
         for step in ("evaluate", "inference")
         if (f := bundle_path(bundle) / "configs" / WORKFLOWS[step][-1]).is_file()
     ]
-    check_override_keys(files, overrides, ignore=_RUN_ARGUMENTS)
+    check_override_keys(files, overrides, ignore=_RUN_ARGUMENTS, fragments=[strategy_path(s) for s in strategies])
 
 
 def check_monai_command_line(argv: Sequence[str] | None = None) -> None:
@@ -116,6 +116,7 @@ def check_monai_command_line(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or not Path(argv[0]).as_posix().endswith("monai/bundle/__main__.py") or argv[1] != "run":
         return
+    install_error_hook()
     try:
         settings = parse_overrides(argv[2:])
     except BundleError:
@@ -125,6 +126,46 @@ def check_monai_command_line(argv: Sequence[str] | None = None) -> None:
         from medtransfer.settings import check_override_keys
 
         check_override_keys([files] if isinstance(files, str) else list(files), settings, ignore=_RUN_ARGUMENTS)
+
+
+TRACEBACK_ENV = "MEDTRANSFER_TRACEBACK"
+
+
+def quiet_background_errors() -> None:
+    """A file system error in a background writer thread (TensorBoard's event writer, when the run folder is removed
+    or the disk fills) becomes one warning line naming the file and the fix; the main thread meets the same error and
+    ends the output with it. Any other error in a thread keeps Python's report."""
+    import threading
+
+    from medtransfer.errors import filesystem_message
+
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        message = filesystem_message(args.exc_value) if args.exc_value is not None else None
+        if message is None:
+            default(args)
+            return
+        print(f"warning: a background writer stopped: {message}", file=sys.stderr)
+
+    threading.excepthook = hook
+
+
+def install_error_hook() -> None:
+    """Under ``python -m monai.bundle run``: end an uncaught error's output with the message ``medtransfer run``
+    prints, naming the file and the fix (a project error without its traceback, unless ``MEDTRANSFER_TRACEBACK=1``).
+    """
+    import os
+
+    def hook(kind, exc, tb) -> None:
+        if isinstance(exc, KeyboardInterrupt):
+            sys.__excepthook__(kind, exc, tb)
+            return
+        show = os.environ.get(TRACEBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+        report_error(exc, show_traceback=show, stream=sys.stderr)
+
+    sys.excepthook = hook
+    quiet_background_errors()
 
 
 def interrupted_message(bundle: str | Path, settings: Mapping[str, Any]) -> str:
@@ -184,6 +225,12 @@ def run(
 
     if int(gpus) < 1:
         raise BundleError(f"--gpus must be 1 or more, got {gpus}")
+    quiet_background_errors()
+    if evaluate and workflow != "train":
+        raise BundleError(
+            f"--evaluate evaluates a run after training it; with --workflow {workflow} it would do nothing. Drop "
+            "--evaluate, or use --workflow evaluate to score a finished run on its test split"
+        )
     settings = parse_overrides(overrides)
     if "config_file" in settings:
         raise BundleError("--config_file is chosen by `medtransfer run`; add fragments with --strategy FILE.json")
@@ -269,6 +316,16 @@ def project_error(exc: BaseException) -> MedTransferError | None:
     return find_in_chain(exc, MedTransferError)
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and its causes and contexts, outermost first."""
+    found, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        found.append(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
 def root_cause(exc: BaseException) -> BaseException:
     """The innermost exception of a chain (the one a config wrapper hides)."""
     seen = set()
@@ -283,6 +340,9 @@ def error_message(exc: BaseException) -> tuple[str, bool]:
     found = project_error(exc)
     if found is not None:
         return f"error: {found}", False
+    filesystem = next((m for e in _chain(exc) if (m := filesystem_message(e))), None)
+    if filesystem is not None:
+        return f"error: {filesystem}", False
     root = root_cause(exc)
     if isinstance(root, FileNotFoundError) and "config file" in str(root):
         return f"error: {root}", False

@@ -51,6 +51,7 @@ from torch import nn
 
 from medtransfer import distributed
 from medtransfer.layers import LayerGroup
+from medtransfer.settings import as_flag
 from medtransfer.step_direction import (
     can_recover_last_direction,
     check_supported,
@@ -430,7 +431,7 @@ class MetaLR:
         if len(init_lrs) != len(groups):
             raise ValueError(f"init_lrs has {len(init_lrs)} values for {len(groups)} groups")
         low, high = float(bounds[0]), float(bounds[1])
-        self.bounds, self.bounds_relative = (low, high), bool(bounds_relative)
+        self.bounds, self.bounds_relative = (low, high), as_flag(bounds_relative, "metalr_bounds_relative")
         if self.bounds_relative:
             self.low = torch.tensor([low * float(a) for a in init_lrs], dtype=torch.float64)
             self.high = torch.tensor([high * float(a) for a in init_lrs], dtype=torch.float64)

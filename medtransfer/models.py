@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
-from medtransfer.errors import CheckpointError
+from medtransfer.errors import CheckpointError, SettingsError
 from medtransfer.layers import layer_groups
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ def build_classifier(
     pretrained_ckpt: str | Path | None = None,
     pretrained_key_map: str = "name",
     pretrained: str | Path | None = None,
+    image_size: int | None = None,
 ) -> nn.Module:
     """A classifier with a `num_classes` head: random, from a local checkpoint, or from ImageNet weights.
 
@@ -97,23 +98,27 @@ def build_classifier(
         pretrained_key_map: how checkpoint keys are matched to the model's (:data:`KEY_MAPS`).
         pretrained: ``None`` (random init), ``"imagenet"`` or a local path (the same as `pretrained_ckpt`).
             Give this or `pretrained_ckpt`, not both.
+        image_size: the side of the input in pixels. A ViT is built for it (a multiple of its patch size) and its
+            pre-trained position embeddings are resampled to it (bicubic, as timm does, and logged); other
+            networks take any size. None: each architecture's default.
     """
     source = pretrained_source(pretrained, pretrained_ckpt)
     if arch.startswith(TIMM_PREFIX):
-        model = _build_timm(arch[len(TIMM_PREFIX) :], num_classes, imagenet=source == IMAGENET)
+        model = _build_timm(arch[len(TIMM_PREFIX) :], num_classes, imagenet=source == IMAGENET, image_size=image_size)
     else:
-        model = _build_random(arch, num_classes)
+        model = _build_random(arch, num_classes, image_size)
     if arch.startswith(TIMM_PREFIX) or arch == "efficientnet_lite0":
         fresh_head(model)
     if source is None or (source == IMAGENET and arch.startswith(TIMM_PREFIX)):
         return model
     if source == IMAGENET:
         state, origin = _imagenet_state_dict(arch, model)
-        report = load_state(model, state, origin)
+        report = load_state(model, resized_position_embedding(model, state, origin), origin)
     else:
         state = read_state_dict(source)
         if arch == "efficientnet_lite0" and "_conv_stem.weight" in state:  # efficientnet_pytorch's layout
             state = efficientnet_lite0_state_dict(state, model)
+        state = resized_position_embedding(model, state, str(source))
         report = load_state(model, state, str(source), key_map=pretrained_key_map)
     logger.info(report.summary())
     return model
@@ -127,8 +132,10 @@ def place_network(network: nn.Module, device: torch.device | str, channels_last:
     change, never values, and inputs need no conversion: a channels-last weight makes the convolution's output
     channels-last, so the layout propagates. Networks with 3-D (5-D tensor) weights are left as they are.
     """
+    from medtransfer.settings import as_flag
+
     network = network.to(device)
-    if channels_last and not any(p.dim() == 5 for p in network.parameters()):
+    if as_flag(channels_last, "channels_last") and not any(p.dim() == 5 for p in network.parameters()):
         network = network.to(memory_format=torch.channels_last)
     return network
 
@@ -203,13 +210,88 @@ def _unknown_arch(arch: str) -> str:
     return f"unknown arch {arch!r}; choose one of {', '.join(CLASSIFIERS)}, or timm:<model name> (timm.list_models())"
 
 
-def _build_random(arch: str, num_classes: int) -> nn.Module:
-    """A randomly initialised toolkit (non-timm) arch."""
+VIT_PATCH = 16  # the patch size of the toolkit's ViTs (vit_b_16, vit_s_16)
+
+
+def _vit_size(arch: str, image_size: int | None) -> int:
+    """The input side a toolkit ViT is built for: `image_size`, which must be a multiple of the patch size."""
+    if image_size is None:
+        return 224
+    size = int(image_size)
+    if size % VIT_PATCH:
+        low, high = size // VIT_PATCH * VIT_PATCH, (size // VIT_PATCH + 1) * VIT_PATCH
+        options = f"{low} or {high}" if low else f"{high}"
+        raise SettingsError(
+            f"--arch {arch} cuts the input into {VIT_PATCH}x{VIT_PATCH} patches, so --image_size must be a multiple of "
+            f"{VIT_PATCH}; got {size}. Pass --image_size {options}"
+        )
+    return size
+
+
+def resized_position_embedding(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> dict:
+    """`state` with a torchvision ViT's position embedding resampled to `model`'s input size, if they differ.
+
+    Pre-trained ViTs know 224-pixel inputs (14x14 patches); at 64 pixels there are 4x4. torchvision's
+    ``interpolate_embeddings`` resamples the patch grid bicubically and keeps the class token, as timm does when a
+    model is created with another ``img_size``.
+    """
+    from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
+
+    key = "encoder.pos_embedding"
+    if not isinstance(model, VisionTransformer) or key not in state:
+        return state
+    if state[key].shape == model.encoder.pos_embedding.shape:
+        return state
+    before = int((state[key].shape[1] - 1) ** 0.5)
+    state = interpolate_embeddings(model.image_size, model.patch_size, dict(state))
+    grid = model.image_size // model.patch_size
+    logger.info(
+        f"{origin}: position embeddings resampled from {before}x{before} to {grid}x{grid} patches for "
+        f"{model.image_size}-pixel inputs (bicubic, as timm does)"
+    )
+    return state
+
+
+def has_batch_norm(network: nn.Module) -> bool:
+    """Whether `network` normalises with batch statistics in training (any BatchNorm layer)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in network.modules())
+
+
+def check_input_size(network: nn.Module, image_size: int, arch: str = "") -> None:
+    """One image of `image_size` through `network` (eval mode, no gradient), before a run folder exists.
+
+    A network that cannot take that size (an architecture with a fixed input, or too many poolings for a tiny image)
+    is refused naming ``--arch`` and ``--image_size``, instead of failing mid-run after the data is cached.
+    """
+    conv = next((m for m in network.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))), None)
+    if conv is None or isinstance(conv, nn.Conv3d):
+        return  # volumes (LiTS) are checked by their own patch settings
+    device = next(network.parameters()).device
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, conv.in_channels, int(image_size), int(image_size), device=device))
+    except Exception as err:  # any architecture's own refusal (assert, shape error) says the size does not fit
+        raise SettingsError(
+            f"--arch {arch or type(network).__name__} does not take --image_size {image_size} inputs "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no message'}); pass an --image_size "
+            "it accepts (ViTs: a multiple of 16; CNNs: at least 32) or another --arch"
+        ) from None
+    finally:
+        network.train(was_training)
+
+
+def _build_random(arch: str, num_classes: int, image_size: int | None = None) -> nn.Module:
+    """A randomly initialised toolkit (non-timm) arch (ViTs built for `image_size`)."""
     if arch == "vit_s_16":  # ViT-S/16 (DeiT-S shape); torchvision has no builder for it
         return torchvision.models.VisionTransformer(
-            image_size=224, patch_size=16, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536,
-            num_classes=num_classes,
+            image_size=_vit_size(arch, image_size), patch_size=VIT_PATCH, num_layers=12, num_heads=6, hidden_dim=384,
+            mlp_dim=1536, num_classes=num_classes,
         )  # fmt: skip
+    if arch == "vit_b_16":
+        size = _vit_size(arch, image_size)
+        return torchvision.models.vit_b_16(weights=None, num_classes=num_classes, image_size=size)
     if arch == "efficientnet_lite0":
         import timm
 
@@ -450,24 +532,37 @@ def _timm_cached_file(cfg) -> tuple[str | None, str, bool]:
     return (str(file) if file.is_file() else None), where, False
 
 
-def _build_timm(name: str, num_classes: int, imagenet: bool) -> nn.Module:
+def _timm_create(name: str, image_size: int | None, **kwargs) -> nn.Module:
+    """``timm.create_model``, for `image_size` where the model has a fixed input size (ViTs: ``img_size``, with timm
+    resampling pre-trained position embeddings); models that take any size do not accept ``img_size``."""
+    import timm
+
+    if image_size is not None:
+        try:
+            return timm.create_model(name, img_size=int(image_size), **kwargs)
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+    return timm.create_model(name, **kwargs)
+
+
+def _build_timm(name: str, num_classes: int, imagenet: bool, image_size: int | None = None) -> nn.Module:
     """``timm.create_model(name, num_classes=...)``, with timm's pretrained weights when `imagenet`.
 
     A weights file already in timm's caches (the Hugging Face hub cache, or torch hub's for URL-only weights) is
     loaded without the network, through timm (``pretrained_cfg_overlay=dict(file=...)``, so timm still adapts the
     head and any checkpoint filter). Otherwise timm downloads it, unless offline.
     """
-    import timm
 
     if not imagenet:
         _check_timm_name(name)
-        return timm.create_model(name, num_classes=num_classes)
+        return _timm_create(name, image_size, num_classes=num_classes)
     cfg = _timm_pretrained_cfg(name)
     cached, where, hub_format = _timm_cached_file(cfg)
     if cached:
         logger.info(f"timm:{name}: ImageNet weights {cfg.architecture}.{cfg.tag} from {cached}")
         overlay = {"file": cached} | ({"custom_load": False} if hub_format else {})  # hub files are timm state dicts
-        return timm.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay)
+        return _timm_create(name, image_size, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay)
     how = "run once online (timm caches it there), or pass --pretrained_ckpt PATH with a downloaded copy"
     what = f"ImageNet weights for timm:{name} ({cfg.architecture}.{cfg.tag})"
     if offline():
@@ -478,7 +573,7 @@ def _build_timm(name: str, num_classes: int, imagenet: bool) -> nn.Module:
         raise CheckpointError(f"{what}: {where} and {unreachable}; {how}")
     try:
         with _socket_timeout():
-            return timm.create_model(name, pretrained=True, num_classes=num_classes, **cache)
+            return _timm_create(name, image_size, pretrained=True, num_classes=num_classes, **cache)
     except Exception as err:  # hub/HTTP clients raise their own error types; all mean "could not fetch"
         raise CheckpointError(
             f"{what}: {where} and timm could not fetch it ({type(err).__name__}: {err}); {how}"

@@ -492,6 +492,9 @@ def summarize_runs(
     if not dirs:
         raise ValueError("summarize_runs needs at least one run directory")
     files = [(d, _read_metrics(d, metrics_file)) for d in dirs]
+    from medtransfer.provenance import check_comparable
+
+    check_comparable([(str(d), data) for d, data in files])
     if keys is None:
         shared = [metric_values(data) for _, data in files]
         common = [k for k in shared[0] if all(k in m for m in shared[1:])]

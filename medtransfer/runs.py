@@ -34,19 +34,88 @@ def timestamp() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def create_run_dir(path: str | Path, resume: bool = False) -> str:
+def check_run_name(name: object, nested: bool = False) -> str:
+    """`name` as a run name: one folder name (with `nested`, a relative path of such names, e.g. ``cv_a/fold0``).
+
+    Refused before anything is created: an empty name (an unset shell variable), ``.`` or ``..``, an absolute path or
+    a separator (which would put the run outside the runs folder, or make the runs folder itself the run's folder).
+    """
+    text = str(name)
+    parts = text.replace("\\", "/").split("/") if nested else [text]
+    bad = (
+        not text.strip()
+        or text.startswith(("/", "\\"))
+        or "\0" in text
+        or any(part in ("", ".", "..") or part != part.strip() for part in parts)
+        or (not nested and ("/" in text or "\\" in text))
+    )
+    if bad:
+        folds = " (evaluation also takes a fold's cv_<name>/fold<i>)" if nested else ""
+        raise RunDirectoryError(
+            f"--run_name {text!r} is not a run name: it must be a single folder name{folds}, not empty, not . or .., "
+            "so the run stays one folder inside the runs folder. Pass e.g. --run_name busi_seed0"
+        )
+    return text
+
+
+def run_folder(runs_dir: str | Path, run_name: object) -> str:
+    """The folder of run `run_name` under `runs_dir` (the bundles' ``output_dir``), the name checked first.
+
+    Names of cross-validation folds (``cv_<name>/fold<i>``, what :func:`latest_run` gives) are accepted for
+    evaluation and inference; a training run's name is checked to be a single folder name by :func:`create_run_dir`.
+    """
+    return os.path.join(str(runs_dir), check_run_name(run_name, nested=True))
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether `path` carries a run's own marker: the lock file every run creates first, and keeps.
+
+    Folders from before the lock existed are recognised by the files only a run writes (``run_info.json``, a model
+    or an epoch checkpoint).
+    """
+    path = Path(path)
+    own = (LOCK_FILE, "run_info.json", "model.pt")
+    return any((path / name).is_file() for name in own) or bool(epoch_checkpoints(path))
+
+
+def create_run_dir(path: str | Path, resume: bool = False, run_name: object = None) -> str:
     """Create `path` for a new run, or check it holds a run to resume; either way, lock it for this process.
 
     A new run refuses a folder holding a previous run, so a second run with the same name cannot destroy the first
-    one's results. A folder without any checkpoint (epoch or best model) is a failed attempt (it died before its
-    first epoch ended): its files are set aside in ``failed_attempts/<time>/`` and the run starts afresh under its
-    name. The lock (:func:`lock_run_dir`) keeps a second process from training or resuming the same run at once.
+    one's results. A folder that carries a run's marker (:func:`is_run_folder`) but no checkpoint (epoch or best
+    model) is a failed attempt (it died before its first epoch ended): its files are set aside in
+    ``failed_attempts/<time>/`` and the run starts afresh under its name. A folder that is not a run's own and is not
+    empty is refused, untouched; so is `resume` of a folder that does not exist (nothing is created). The lock
+    (:func:`lock_run_dir`) keeps a second process from training or resuming the same run at once.
+
+    Args:
+        path: the run's folder (``runs_dir/run_name``).
+        resume: continue the run from its newest complete epoch checkpoint.
+        run_name: the name the user gave, checked to be a single folder name before anything is created.
     """
     from medtransfer.settings import as_flag
 
+    if run_name is not None:
+        check_run_name(run_name)
     path = Path(path)
+    resume = as_flag(resume, "resume")
+    if resume and not path.is_dir():
+        raise RunDirectoryError(
+            f"cannot resume: there is no run {path}; check --run_name and --runs_dir (the runs there: "
+            f"{_listing(path.parent)}), or drop --resume to start a new run"
+        )
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryError(f"{path} is a file, not a run folder; choose another --run_name")
+    if path.is_dir() and not is_run_folder(path):
+        foreign = [p for p in path.iterdir() if not _not_a_result(p)]
+        if foreign:
+            contents = ", ".join(sorted(p.name for p in foreign)[:5])
+            raise RunDirectoryError(
+                f"{path} exists and is not a medtransfer run ({contents}); nothing in it was touched. Choose another "
+                "--run_name, or --runs_dir"
+            )
     lock_run_dir(path)
-    if as_flag(resume, "resume"):
+    if resume:
         if latest_checkpoint(path) is None:
             raise RunDirectoryError(
                 f"cannot resume: {path} holds no complete checkpoint_epoch=N.pt; check --run_name, or drop --resume "
@@ -65,6 +134,11 @@ def create_run_dir(path: str | Path, resume: bool = False) -> str:
             f"--run_name, pass --resume true to continue it, or delete the folder yourself"
         )
     return str(path)
+
+
+def _listing(folder: Path) -> str:
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") if names else "none"
 
 
 def _not_a_result(path: Path) -> bool:

@@ -9,9 +9,11 @@ class) and the fix, before anything is written.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import math
 import numbers
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,7 +39,10 @@ RANGES: dict[str, tuple[float, bool, str]] = {
 }
 _POSITIVE = {"lr"}  # zero is out of range too
 # switches: `--resume true` reaches a bundle as the string "true" (python-fire reads only True/False as booleans)
-FLAGS = ("resume", "allow_changed_split", "amp", "channels_last", "save_init", "include_images")
+FLAGS = (
+    "resume", "allow_changed_split", "amp", "channels_last", "save_init", "include_images", "augment_on_device",
+    "metalr_bounds_relative", "t_informed_bounds_relative",
+)  # fmt: skip
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 _FRACTIONS = {"val_fraction"}  # strictly between 0 and 1
 
@@ -71,6 +76,32 @@ def check_settings(settings: Mapping[str, Any], **more: Any) -> None:
     fold, folds = values.get("fold"), values.get("num_folds")
     if _is_real(fold) and _is_real(folds) and fold >= folds:
         raise SettingsError(f"--fold {fold} is out of range: with --num_folds {folds} the folds are 0..{folds - 1}")
+
+
+def drop_last_batch_of_one(n_images: int, batch_size: int, batch_norm: bool) -> bool:
+    """Whether the training loader drops its last batch: only when it would hold one image and the network has
+    BatchNorm, which cannot normalise a single image (``Expected more than 1 value per channel``).
+
+    Batches are shuffled, so a different image sits out each epoch and none is lost for the run; the decision is
+    logged and recorded in the run's settings (``drop_last``). Under data-parallel training each process loads
+    ceil(n / processes) images.
+
+    Args:
+        n_images: the training split's size.
+        batch_size: images per batch (per process).
+        batch_norm: whether the network normalises with batch statistics.
+    """
+    from medtransfer.distributed import world_size
+
+    per_process = -(-int(n_images) // world_size())
+    drop = bool(batch_norm) and int(batch_size) > 1 and per_process % int(batch_size) == 1
+    if drop:
+        logger.warning(
+            f"the training split's last batch would hold 1 of {per_process} images (--batch_size {batch_size}), which "
+            "BatchNorm cannot normalise: it is dropped each epoch (a different image each time, as batches are "
+            "shuffled), recorded as drop_last in run_info.json"
+        )
+    return drop
 
 
 AMP_DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -124,19 +155,89 @@ def known_keys(config: Mapping[str, Any]) -> set[str]:
     return keys
 
 
+BUNDLE_CONFIGS = ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json")
+_REFERENCE = re.compile(r"[@%]([A-Za-z_][\w]*(?:#[\w]+)*)")
+
+
+def read_config_file(path: str | Path) -> Any:
+    """A JSON config file's content; a syntax error names the file, line and column and says what to fix."""
+    path = Path(path)
+    if path.suffix.lower() not in (".json", ""):
+        return None  # YAML and the like: MONAI reads and reports them
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SettingsError(f"cannot read the config file {path}: {err.strerror or err}; check the path") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path} is not a UTF-8 text file: a config file must be JSON text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        line = text.splitlines()[err.lineno - 1] if 0 < err.lineno <= len(text.splitlines()) else ""
+        raise SettingsError(
+            f"{path}, line {err.lineno}, column {err.colno}: {err.msg} (the line reads {line.strip()[:80]!r}); fix "
+            "the JSON there (a missing comma or quote, a trailing comma, or a comment, which JSON does not allow)"
+        ) from None
+
+
+def referenced_ids(node: Any) -> set[str]:
+    """Every id that a config's values reference (``@key``, ``@key#sub``, ``%key``), with each of its parents."""
+    found: set[str] = set()
+    if isinstance(node, str):
+        for match in _REFERENCE.finditer(node):
+            parts = match.group(1).split("#")
+            found.update("#".join(parts[: i + 1]) for i in range(len(parts)))
+    elif isinstance(node, Mapping):
+        for value in node.values():
+            found |= referenced_ids(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= referenced_ids(value)
+    return found
+
+
 def check_override_keys(
-    config_files: Sequence[str | Path], overrides: Iterable[str], ignore: Iterable[str] = ()
+    config_files: Sequence[str | Path],
+    overrides: Iterable[str],
+    ignore: Iterable[str] = (),
+    fragments: Sequence[str | Path] | None = None,
 ) -> None:
-    """Refuse an override that names no setting of the merged config, listing the closest valid ones.
+    """Refuse an override, or a fragment's key, that names no setting of the merged config, listing the closest ones.
 
     MONAI would add an unknown key to the config and go on with the default, so ``--epcohs 1`` trains for the
     default number of epochs. A new key inside an existing component (``train#trainer#epoch_length``) is an
     argument for it and passes (its constructor refuses a wrong one). `ignore` are arguments that are not config
-    settings (``run_id``, ``tracking``, ...).
+    settings (``run_id``, ``tracking``, ...). Every file is read first, so a JSON syntax error names its file, line and
+    column.
+
+    `fragments` (default: every file that is not one of a bundle's own configs) are checked like the command line: a
+    key is either an id of the configs before it, a ``+`` addition, or an id some config references (``@key``), such
+    as the fragment's own settings; anything else, e.g. a misspelled ``metalr_hyper_lrr``, would be silently ignored.
     """
     from monai.bundle import ConfigParser
 
+    contents = {str(f): read_config_file(f) for f in config_files}
+    if fragments is None:
+        fragments = [f for f in config_files[1:] if Path(f).name not in BUNDLE_CONFIGS]
+    fragment_names = {str(f) for f in fragments}
     parser = ConfigParser()
+    parser.read_config([str(f) for f in config_files if str(f) not in fragment_names])
+    base = parser.get()
+    base_keys = known_keys(base)
+    used = set().union(*(referenced_ids(c) for c in contents.values()))
+    for fragment in fragments:
+        content = contents[str(fragment)]
+        if not isinstance(content, Mapping):
+            if content is not None:
+                raise SettingsError(f"{fragment} is not a strategy fragment: it must hold a JSON object of settings")
+            continue
+        for key in content:
+            parent = key.rpartition("#")[0]
+            if key.startswith("+") or key in base_keys or key in used:
+                continue
+            if parent in base_keys and isinstance(_get(base, parent), Mapping):
+                continue  # a new argument of a component the bundle has
+            _refuse_unknown(key, base_keys | set(content), f"in the fragment {fragment}", config_files[0])
     parser.read_config([str(f) for f in config_files])
     known = known_keys(parser.get())
     skipped = set(ignore)
@@ -144,13 +245,27 @@ def check_override_keys(
         parent = key.rpartition("#")[0]
         if key in skipped or key in known or parent in known and isinstance(parser.get(parent), Mapping):
             continue  # a setting, or a new argument of an existing component (``train#trainer#epoch_length``)
-        top_level = sorted(k for k in known if "#" not in k)
-        close = difflib.get_close_matches(key, top_level, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join('--' + c for c in close)}?" if close else "it is not a setting of this bundle"
-        raise SettingsError(
-            f"unknown setting --{key}: {hint} The settings are listed at the top of {Path(config_files[0]).name} "
-            f"({Path(config_files[0]).parent}); a new key would be ignored and the default used"
-        )
+        _refuse_unknown(f"--{key}", known, "", config_files[0])
+
+
+def _get(config: Mapping, key: str) -> Any:
+    node: Any = config
+    for part in key.split("#"):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+def _refuse_unknown(key: str, known: set[str], where: str, config_file: str | Path) -> None:
+    bare = key.removeprefix("--")
+    top_level = sorted(k for k in known if "#" not in k and k != bare)
+    close = difflib.get_close_matches(bare, top_level, n=3, cutoff=0.6)
+    dashes = "--" if key.startswith("--") else ""
+    hint = f"did you mean {', '.join(dashes + c for c in close)}?" if close else "it is not a setting of this bundle."
+    what = f"unknown setting {key}{' ' + where if where else ''}"
+    raise SettingsError(
+        f"{what}: {hint} The settings are listed at the top of {Path(config_file).name} ({Path(config_file).parent}); "
+        "a new key would be ignored and the default used"
+    )
 
 
 def check_datalists(datalists: Mapping[str, Sequence[Mapping]], classes: Sequence, dataset_dir: Any = None) -> None:

@@ -147,3 +147,19 @@ def test_augment_on_device_moves_the_flip_and_affine_off_the_loader(demo_dir, tm
                *FAST, "--augment_on_device", "true")  # fmt: skip
     history = json.loads((tmp_path / "device_aug" / "history.json").read_text())
     assert [row["epoch"] for row in history["epochs"]] == [1] and history["epochs"][0]["train_loss"] > 0
+
+
+def test_a_last_training_batch_of_one_image_is_dropped_and_recorded(demo_dir, tmp_path):
+    """BatchNorm cannot normalise one image: with a batch size that leaves one image over, the run still trains (the
+    single-image batch dropped each epoch) and says so in run_info.json."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({"dataset_dir": str(demo_dir), "image_size": 32})
+    n_train = len(parser.get_parsed_content("train#datalist"))
+    batch = n_train - 1  # n_train % batch == 1
+    run_bundle([TRAIN], "--runs_dir", str(tmp_path), "--run_name", "one_left", "--dataset_dir", str(demo_dir),
+               "--epochs", "1", "--image_size", "32", "--batch_size", str(batch), "--arch", "resnet18")  # fmt: skip
+    info = json.loads((tmp_path / "one_left" / "run_info.json").read_text())
+    assert info["settings"]["drop_last"] is True and (tmp_path / "one_left" / "model.pt").is_file()

@@ -14,6 +14,7 @@ from monai.bundle import ConfigParser
 
 from medtransfer.bundling import strategy_path
 from medtransfer.data.classification import classification_datalist
+from medtransfer.data.content import content_key
 from medtransfer.data.heldout import cap_training, fit_and_meta, meta_records
 from medtransfer.errors import DatasetError
 
@@ -39,9 +40,11 @@ def test_heldout_meta_slice_is_disjoint_from_train_val_and_test_on_breastmnist(n
     meta = parser.get_parsed_content("meta_datalist")
     test = classification_datalist(npz, "medmnist", "test")
     assert len(meta) >= 64  # at least one full meta batch
-    assert len(train) + len(meta) == (546 if max_train is None else max_train)
+    # the 546 official training images less train-115, a pixel copy of test-76 (left out of training)
+    assert len(train) + len(meta) == (545 if max_train is None else max_train)
     for other in (train, val, test):
         assert not _ids(meta) & _ids(other)
+        assert not {content_key(r) for r in meta} & {content_key(r) for r in other}  # nor under another name
     assert set(Counter(r["label"] for r in meta)) == {0, 1}  # both classes in the slice (stratified)
     batches = parser.get_parsed_content("metalr_meta_batches")
     sizes = [len(next(batches)["label"]) for _ in range(5)]  # 5 x 64 > the slice: wraps around, never short

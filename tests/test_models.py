@@ -7,9 +7,10 @@ import pytest
 import torch
 import torchvision
 
-from medtransfer.errors import CheckpointError
+from medtransfer.errors import CheckpointError, SettingsError
 from medtransfer.models import (
     build_classifier,
+    check_input_size,
     load_pretrained,
     place_network,
     read_state_dict,
@@ -180,3 +181,30 @@ def test_place_network_leaves_3d_networks_and_opt_out_alone():
     assert volumetric[0].weight.is_contiguous()
     planar = place_network(build_classifier("resnet18", num_classes=2), "cpu", channels_last=False)
     assert planar.conv1.weight.is_contiguous()
+
+
+def test_a_vit_is_built_for_the_input_size_and_its_pretrained_position_embedding_resampled(tmp_path):
+    """ViT-S/16 pre-trained at 224 px (14x14 patches) loads at 64 px (4x4): every other tensor as in the checkpoint,
+    the class token's embedding kept, the patch grid resampled; the network runs at 64 px."""
+    torch.manual_seed(0)
+    source = build_classifier("vit_s_16", num_classes=5)  # the published layout at 224 px, random values
+    torch.save(source.state_dict(), tmp_path / "vit.pt")
+    model = build_classifier("vit_s_16", num_classes=2, pretrained_ckpt=tmp_path / "vit.pt", image_size=64)
+    assert model.encoder.pos_embedding.shape == (1, 1 + 4 * 4, 384)
+    assert torch.equal(model.encoder.pos_embedding[:, 0], source.encoder.pos_embedding[:, 0])
+    grid = source.encoder.pos_embedding[0, 1:].reshape(14, 14, 384).permute(2, 0, 1)[None]
+    expected = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=True)
+    assert torch.allclose(model.encoder.pos_embedding[0, 1:], expected[0].permute(1, 2, 0).reshape(16, 384), atol=1e-6)
+    for key, value in source.state_dict().items():
+        if key != "encoder.pos_embedding" and not key.startswith("heads"):
+            assert torch.equal(model.state_dict()[key], value), key
+    check_input_size(model, 64, "vit_s_16")
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_an_input_size_a_network_cannot_take_is_refused_naming_both():
+    with pytest.raises(SettingsError, match=r"multiple of 16; got 72. Pass --image_size 64 or 80"):
+        build_classifier("vit_s_16", image_size=72)
+    vit = build_classifier("vit_s_16")  # built for 224 px
+    with pytest.raises(SettingsError, match=r"--arch vit_s_16 does not take --image_size 64 inputs \(AssertionError"):
+        check_input_size(vit, 64, "vit_s_16")

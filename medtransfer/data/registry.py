@@ -126,9 +126,27 @@ def dataset_records(
         train = dataset_records(dataset_format, dataset_dir, "train", seed, max_train, **options)
         return train + dataset_records(dataset_format, dataset_dir, "val", seed, **options)
     records = spec.records(Path(dataset_dir), split, seed, **options)
+    if split in ("train", "val"):
+        records = _without_held_out_copies(spec, Path(dataset_dir), split, seed, records, options)
     if split == "train":
         records = cap_training(records, max_train, seed)
     return records
+
+
+def _without_held_out_copies(
+    spec: DatasetFormat, root: Path, split: str, seed: int, records: Records, options: dict[str, Any]
+) -> Records:
+    """`records` without the copies of images in the splits after it (test; for train also val), which a dataset's
+    own split may hold under other names (MedMNIST's do): the test split stays intact (:mod:`medtransfer.data.content`)."""
+    from medtransfer.data.content import drop_copies
+
+    held_out = {}
+    for later in ("val", "test")[("train", "val").index(split) :]:
+        try:
+            held_out[later] = spec.records(root, later, seed, **options)
+        except DatasetError:
+            continue  # a format without that split
+    return drop_copies(records, held_out, root, split)
 
 
 def dataset_class_names(dataset_format: str, dataset_dir: str | Path, **options: Any) -> list[str]:

@@ -92,7 +92,16 @@ def stratified_split(
 
 
 def split_records(records: Sequence[dict], fractions: tuple[float, float, float], seed: int = 0) -> dict[str, list]:
-    """:func:`stratified_split` applied to records by their ``"label"``: ``{"train", "val", "test"}`` -> records."""
+    """:func:`stratified_split` applied to records by their ``"label"``: ``{"train", "val", "test"}`` -> records.
+
+    Copies of one image under other names land in the same split as it (without copies the split is unchanged).
+    """
+    from medtransfer.data.content import split_keeping_copies_together
+
+    return split_keeping_copies_together(records, _stratified_records, fractions, seed)
+
+
+def _stratified_records(records: Sequence[dict], fractions: tuple[float, float, float], seed: int) -> dict[str, list]:
     names = {r["label"]: r["class_name"] for r in records if "class_name" in r}
     idx = stratified_split([r["label"] for r in records], fractions=fractions, seed=seed, label_names=names)
     return {name: [records[i] for i in part] for name, part in idx.items()}

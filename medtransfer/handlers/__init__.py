@@ -18,7 +18,7 @@ from medtransfer.handlers.checkpoints import (
     read_history,
 )
 from medtransfer.handlers.metalr import LRRecorder, MetaLRHandler
-from medtransfer.handlers.progress import RunProgress
+from medtransfer.handlers.progress import ErrorsReportedOnce, RunProgress
 from medtransfer.handlers.reports import (
     ClassificationMetric,
     ClassificationReport,
@@ -34,6 +34,7 @@ __all__ = [
     "ClassificationMetric",
     "ClassificationReport",
     "EpochCheckpoint",
+    "ErrorsReportedOnce",
     "EpochSeed",
     "LRRecorder",
     "MetaLRHandler",

@@ -169,7 +169,8 @@ class SaveInitialWeights:
     def __init__(
         self, output_dir: str, model: torch.nn.Module, enabled: bool = True, filename: str = "init.pt"
     ) -> None:
-        self.output_dir, self.model, self.enabled, self.filename = Path(output_dir), model, enabled, filename
+        self.output_dir, self.model, self.filename = Path(output_dir), model, filename
+        self.enabled = as_flag(enabled, "save_init")
 
     def attach(self, engine: Engine) -> None:
         if self.enabled:

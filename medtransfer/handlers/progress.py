@@ -18,7 +18,25 @@ from typing import IO, Any
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
-__all__ = ["RunProgress", "batch_loss"]
+__all__ = ["ErrorsReportedOnce", "RunProgress", "batch_loss"]
+
+
+class ErrorsReportedOnce:
+    """Let an error leave the engine without MONAI's ``StatsHandler`` logging it with its traceback first.
+
+    Each ``StatsHandler`` (the trainer's and its validator's) logs an exception it sees with the whole traceback and
+    re-raises it, so an error during validation printed two tracebacks before the one line ``medtransfer run`` (and,
+    under ``python -m monai.bundle run``, :func:`medtransfer.launch.install_error_hook`) ends with. Ignite stops at
+    the first ``EXCEPTION_RAISED`` handler that raises: attached before the others, this one re-raises at once, and
+    the command's own report is the only one (with the traceback under ``--traceback``, or for an unexpected error).
+    """
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._raise)
+
+    @staticmethod
+    def _raise(engine: Engine, error: BaseException) -> None:
+        raise error
 
 
 def batch_loss(output: Any) -> float | None:

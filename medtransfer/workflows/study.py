@@ -69,10 +69,10 @@ class Placement:
 
     def folder(self, bundle: str, prefix: str) -> Path:
         from medtransfer.bundling import bundle_path
-        from medtransfer.runs import timestamp
+        from medtransfer.runs import check_run_name, timestamp
 
         root = Path(self.runs_dir) if self.runs_dir else Path("runs") / bundle_path(bundle).name
-        name = self.name or timestamp()
+        name = timestamp() if self.name is None else check_run_name(self.name)
         return root / (name if name.startswith(f"{prefix}_") else f"{prefix}_{name}")
 
 
