@@ -95,6 +95,9 @@ def result_files(output_dir: str | os.PathLike, prefix: str) -> list[Path]:
         base = name.removesuffix("_metrics.json")
         names += [f"{base}_metrics.json", f"{base}_predictions.csv", f"{base}_confusion_matrix.png"]
     found = [folder / n for n in dict.fromkeys(names) if (folder / n).is_file()]
+    masks = folder / f"{prefix}_masks"  # segmentation inference writes one mask file per volume there
+    if masks.is_dir() and any(masks.iterdir()):
+        found.append(masks)
     record = folder / f"{prefix}_{PRODUCED_BY}.json"
     return found + [record] if found and record.is_file() else found
 

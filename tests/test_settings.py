@@ -96,4 +96,6 @@ def test_every_trainer_and_evaluator_takes_its_autocast_type_from_amp_dtype():
             engines += [v["evaluator"] for v in config.values() if isinstance(v, dict) and "evaluator" in v]
         assert len(engines) >= 3, configs
         for engine in engines:
-            assert engine["amp"] == "@amp" and engine["amp_kwargs"] == "$medtransfer.settings.amp_kwargs(@amp_dtype)"
+            # the switch as a bool whatever its spelling ("false" would be a true string to MONAI's `if self.amp`)
+            assert engine["amp"] == "$medtransfer.settings.as_flag(@amp, 'amp')"
+            assert engine["amp_kwargs"] == "$medtransfer.settings.amp_kwargs(@amp_dtype)"

@@ -40,10 +40,18 @@ LAYOUT_HINTS = {
 }
 
 
+_MADE = {"images": 0}
+
+
 def _image(path: Path, value: int = 0, size: int = 4, mode: str = "RGB") -> Path:
+    """A small grey image of `value`, made unique by a counter written as a pattern of its pixels (identical files
+    would be one image to the splitters, which keep copies on one side)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    shape = (size, size, 3) if mode == "RGB" else (size, size)
-    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+    _MADE["images"] += 1
+    bits = np.array([(_MADE["images"] >> i) & 1 for i in range(size * size)], np.uint8).reshape(size, size)
+    plane = (value + 128 * bits).astype(np.uint8)  # a high-contrast pattern: it survives JPEG
+    array = np.repeat(plane[..., None], 3, axis=2) if mode == "RGB" else plane
+    Image.fromarray(array).save(path)
     return path
 
 

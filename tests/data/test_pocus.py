@@ -23,9 +23,14 @@ from medtransfer.data.pocus import (
 from medtransfer.data.pocus_datalist import extract_pocus_frames, pocus_class_names, pocus_datalist
 from medtransfer.errors import DatasetError
 
+_CLIPS = {"written": 0}
+
 
 def _write_video(path: Path, n_frames: int = 6, size: int = 32) -> Path:
-    """A tiny MPEG-4 clip whose frames get brighter over time (an MP4 file whatever the name's extension)."""
+    """A tiny MPEG-4 clip whose frames get brighter over time (an MP4 file whatever the name's extension); a block
+    whose shade counts the clips written makes every clip's content its own (copies would be one clip to a split)."""
+    _CLIPS["written"] += 1
+    low, high = (_CLIPS["written"] % 16) * 16, (_CLIPS["written"] // 16 % 16) * 16
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("mpeg4", rate=10)
         stream.width = stream.height = size
@@ -33,6 +38,8 @@ def _write_video(path: Path, n_frames: int = 6, size: int = 32) -> Path:
         for t in range(n_frames):
             img = np.full((size, size, 3), 20 + 30 * t, dtype=np.uint8)
             img[: size // 2, : size // 2] = 255
+            img[size // 2 :, size // 2 :] = low
+            img[size // 2 :, : size // 2] = high
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():

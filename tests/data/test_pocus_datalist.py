@@ -103,12 +103,18 @@ def test_extracted_frame_folds_match_video_folds(real_pocus, tmp_path):
 
 
 def _frame_tree(root: Path, layout: dict[str, dict[str, list[str]]]) -> Path:
+    """Frame folders of 3 frames per clip; each frame's first pixels count the frames written, so no two files are
+    copies (copies would be kept on one side of a split, or left out of training)."""
+    written = 0
     for part, classes in layout.items():
         for cls, clips in classes.items():
             (root / part / cls).mkdir(parents=True, exist_ok=True)
             for clip in clips:
                 for t in range(3):
-                    save_grey_image(np.full((8, 8), 10 * t, np.uint8), root / part / cls / f"{clip}_{t:03d}.png")
+                    frame = np.full((8, 8), 10 * t, np.uint8)
+                    written += 1
+                    frame[0, :2] = divmod(written, 256)
+                    save_grey_image(frame, root / part / cls / f"{clip}_{t:03d}.png")
     return root
 
 
