@@ -208,3 +208,9 @@ def test_an_input_size_a_network_cannot_take_is_refused_naming_both():
     vit = build_classifier("vit_s_16")  # built for 224 px
     with pytest.raises(SettingsError, match=r"--arch vit_s_16 does not take --image_size 64 inputs \(AssertionError"):
         check_input_size(vit, 64, "vit_s_16")
+
+
+def test_vit_b_16_at_the_bundles_default_64_pixels_runs():
+    """The case that crashed mid-run (torchvision's fixed 224-pixel assert): built for 64 px, it takes 64 px."""
+    model = build_classifier("vit_b_16", num_classes=2, image_size=64)
+    check_input_size(model, 64, "vit_b_16")

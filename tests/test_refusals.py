@@ -148,3 +148,27 @@ def test_under_monai_bundle_run_the_last_line_is_the_same_message(tmp_path, demo
     assert last.startswith("error: --run_name '' is not a run name") and "Pass e.g." in last, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "fix"),
+    [("ENOENT", "does not exist"), ("EACCES", "permission denied"), ("EROFS", "read-only file system"),
+     ("ENOSPC", "no space is left"), ("ELOOP", "too many symbolic links"), ("EDQUOT", "quota")],
+)  # fmt: skip
+def test_every_file_system_error_is_one_line_naming_the_file_and_the_fix(code, fix, tmp_path):
+    import errno
+    import os
+
+    from medtransfer.launch import error_message
+
+    number = getattr(errno, code)
+    wrapped = RuntimeError("Failed to evaluate ConfigExpression")  # as a bundle run wraps what it meets
+    wrapped.__cause__ = OSError(number, os.strerror(number), str(tmp_path / "run" / "model.pt"))
+    message, traceback_useful = error_message(wrapped)
+    assert message.startswith(f"error: {tmp_path / 'run' / 'model.pt'}: ") and fix in message and not traceback_useful
+
+
+def test_a_symbolic_link_loop_met_by_a_command_is_one_line(tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    refused(["summarize", str(loop)], tmp_path, capsys, str(loop))
