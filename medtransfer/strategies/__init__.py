@@ -7,6 +7,7 @@ Each is selected by a fragment in ``configs/strategies/<name>.json`` that replac
 
 from medtransfer.strategies.auto_rgn import AutoRGN, AutoRGNHandler
 from medtransfer.strategies.base import FineTuningStrategy, head_module
+from medtransfer.strategies.bitfit import BitFit, bitfit_parameter_names
 from medtransfer.strategies.bss import BSS, BSSLoss, spectral_shrinkage
 from medtransfer.strategies.discriminative import DiscriminativeLR
 from medtransfer.strategies.freezing import FrozenGroups, freeze_groups
@@ -19,6 +20,8 @@ from medtransfer.strategies.partial import PartialFineTuning
 from medtransfer.strategies.surgical import SurgicalFineTuning
 
 __all__ = [
+    "BitFit",
+    "bitfit_parameter_names",
     "BSS",
     "L2SP",
     "AutoRGN",
