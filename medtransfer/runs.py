@@ -387,11 +387,16 @@ def run_bundle_workflow(
 
 
 def training_finished(run_dir: Path) -> bool:
-    """True when the run's newest epoch checkpoint is its last epoch (False for a run with no checkpoint yet)."""
+    """True when the run's newest epoch checkpoint is its last epoch, or the run stopped early (``history.json``
+    records ``early_stopped``); False for a run with no checkpoint yet."""
     info = Path(run_dir) / "run_info.json"
     epoch = checkpoint_epoch(run_dir)
     if not info.is_file() or epoch == 0:
         return False
+    history = Path(run_dir) / "history.json"
+    stopped = history.is_file() and json.loads(history.read_text()).get("early_stopped", {}).get("epoch")
+    if stopped and epoch >= stopped:
+        return True
     return epoch >= int(json.loads(info.read_text())["settings"]["epochs"])
 
 

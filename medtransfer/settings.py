@@ -36,6 +36,7 @@ RANGES: dict[str, tuple[float, bool, str]] = {
     "lr": (0, False, "the learning rate"),
     "weight_decay": (0, False, "the weight decay"),
     "max_train": (1, True, "the number of training images kept"),
+    "early_stop_patience": (1, True, "validations without improvement before training stops"),
 }
 _POSITIVE = {"lr"}  # zero is out of range too
 # switches: `--resume true` reaches a bundle as the string "true" (python-fire reads only True/False as booleans)

@@ -17,6 +17,7 @@ from medtransfer.handlers.checkpoints import (
     TrainingHistory,
     read_history,
 )
+from medtransfer.handlers.early_stopping import EarlyStopping
 from medtransfer.handlers.metalr import LRRecorder, MetaLRHandler
 from medtransfer.handlers.progress import ErrorsReportedOnce, RunProgress
 from medtransfer.handlers.reports import (
@@ -33,6 +34,7 @@ __all__ = [
     "BestModelSaver",
     "ClassificationMetric",
     "ClassificationReport",
+    "EarlyStopping",
     "EpochCheckpoint",
     "ErrorsReportedOnce",
     "EpochSeed",
