@@ -29,6 +29,7 @@ from medtransfer.workflows.outcomes import (
     run_outcome,
     write_rows,
 )
+from medtransfer.workflows.paired_table import paired_against_reference
 from medtransfer.workflows.study import Placement, RunSpec, launch_study
 
 __all__ = ["DEFAULT_STRATEGIES", "collect_comparison", "comparison_specs", "run_comparison"]
@@ -140,6 +141,9 @@ def collect_comparison(study_dir: str | Path) -> dict:
     text = f"# Strategy comparison: {record['bundle']}\n\n{table}\n"
     if missing:
         text += f"\n{missing} of {len(specs)} runs have not finished; rows cover the finished ones.\n"
+    if not record["settings"].get("folds"):
+        paired = paired_against_reference(study_dir, rows, PLAIN)
+        text += f"\n{paired}" if paired else ""
     write_text_atomic(study_dir / "compare_table.md", text)
     _plot_bars(
         summary, keys[:2], study_dir / "compare_bars.png", f"{record['bundle']} ({pooled}, mean ± std over seeds)"
