@@ -170,7 +170,6 @@ class _Examination:
         self.progress = progress
         self.problems: list[Problem] = []
         self._shapes: dict[str, tuple[int, ...] | None] = {}
-        self._digests: dict[str, str] = {}
 
     def add(self, check: str, split: str, where: str, detail: str, fix: str, path: str = "") -> None:
         self.problems.append(Problem(CHECKS[check], check, split, where, detail, fix, path))
@@ -199,11 +198,6 @@ class _Examination:
                 self._shapes[path] = None
                 self.add(UNREADABLE, split, self.shown(path), *_detail_and_fix(str(exc)), path=path)
         return self._shapes[path]
-
-    def file_digest(self, path: str) -> str:
-        if path not in self._digests:
-            self._digests[path] = file_key(path)
-        return self._digests[path]
 
 
 # --- layout checks: every file of a format's folders, which its reader meets one at a time -------------------------
@@ -382,7 +376,7 @@ def _record_rows(exam: _Examination, splits: dict[str, Records], segmentation: b
             path = str(image)
             if not segmentation and exam.image_shape(path, split) is None:
                 continue
-            digest, where = exam.file_digest(path), exam.shown(path)
+            digest, where = file_key(path), exam.shown(path)
         else:
             where = str(record.get("id", "?"))
             try:

@@ -7,19 +7,24 @@ from typing import TypeVar
 E = TypeVar("E", bound=BaseException)
 
 
+def exception_chain(exc: BaseException | None) -> list[BaseException]:
+    """`exc` and its causes and contexts, outermost first (each once, however the chain loops)."""
+    found: list[BaseException] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        found.append(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
 def find_in_chain(exc: BaseException | None, kind: type[E]) -> E | None:
     """The first exception of type `kind` in `exc`'s chain of causes and contexts, or None.
 
     Config expressions wrap what they raise in ``RuntimeError("Failed to evaluate ...")`` and torch wraps failed
     writes, so the error worth reporting is often a few links down.
     """
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return next((e for e in exception_chain(exc) if isinstance(e, kind)), None)
 
 
 class MedTransferError(Exception):

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from medtransfer.bundling import bundle_path, strategy_path
-from medtransfer.errors import BundleError, MedTransferError, RunInterrupted, filesystem_message, find_in_chain
+from medtransfer.errors import (
+    BundleError,
+    MedTransferError,
+    RunInterrupted,
+    exception_chain,
+    filesystem_message,
+    find_in_chain,
+)
 
 WORKFLOWS = {
     "train": ("train.json",),
@@ -139,6 +146,8 @@ def quiet_background_errors() -> None:
 
     from medtransfer.errors import filesystem_message
 
+    if getattr(threading.excepthook, "medtransfer", False):
+        return  # installed already (each `medtransfer run` in one process calls this)
     default = threading.excepthook
 
     def hook(args) -> None:
@@ -148,6 +157,7 @@ def quiet_background_errors() -> None:
             return
         print(f"warning: a background writer stopped: {message}", file=sys.stderr)
 
+    hook.medtransfer = True
     threading.excepthook = hook
 
 
@@ -316,23 +326,9 @@ def project_error(exc: BaseException) -> MedTransferError | None:
     return find_in_chain(exc, MedTransferError)
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    """`exc` and its causes and contexts, outermost first."""
-    found, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        found.append(exc)
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return found
-
-
 def root_cause(exc: BaseException) -> BaseException:
     """The innermost exception of a chain (the one a config wrapper hides)."""
-    seen = set()
-    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return exc
+    return exception_chain(exc)[-1]
 
 
 def error_message(exc: BaseException) -> tuple[str, bool]:
@@ -340,7 +336,7 @@ def error_message(exc: BaseException) -> tuple[str, bool]:
     found = project_error(exc)
     if found is not None:
         return f"error: {found}", False
-    filesystem = next((m for e in _chain(exc) if (m := filesystem_message(e))), None)
+    filesystem = next((m for e in exception_chain(exc) if (m := filesystem_message(e))), None)
     if filesystem is not None:
         return f"error: {filesystem}", False
     root = root_cause(exc)

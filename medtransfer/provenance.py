@@ -30,14 +30,15 @@ DATA_SETTINGS = ("dataset_dir", "input_dir", "dataset_format", "split", "split_s
 
 
 def _setting(key: str, value: Any) -> Any:
-    if key.endswith("_dir") and value is not None:
-        return os.path.realpath(os.path.expanduser(str(value)))
-    if isinstance(value, tuple):
+    """A setting as recorded and compared: paths resolved as the split guard resolves them, JSON-able."""
+    from medtransfer.guards import resolved_setting
+
+    if key.endswith("_dir"):
+        return resolved_setting("dataset_dir", value)
+    if isinstance(value, (tuple, list)):
         return [_setting(key, v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    if isinstance(value, list):
-        return [_setting(key, v) for v in value]
     return str(value)
 
 

@@ -109,13 +109,18 @@ def drop_copies(
         for record in others:
             if (key := content_key(record)) is not None:
                 taken.setdefault(key, name)
-    kept, dropped = [], []
+    kept, dropped, held_in = [], [], set()
     for record in records:
-        (dropped if content_key(record) in taken else kept).append(record)
+        key = content_key(record)
+        if key in taken:
+            dropped.append(record)
+            held_in.add(taken[key])
+        else:
+            kept.append(record)
     where = (os.path.realpath(str(dataset_dir)), split)
     names = [record_name(r) for r in dropped]
     if dropped and _DROPPED.get(where) != names:
-        splits = " and ".join(sorted({taken[content_key(r)] for r in dropped}))
+        splits = " and ".join(sorted(held_in))
         logger.warning(
             f"{dataset_dir}: {len(dropped)} {split} images are copies of {splits} images (the same content under "
             f"another name, in the dataset's own split), e.g. {names[0]}; they are left out of {split} so the run "
