@@ -55,6 +55,20 @@ VARIANTS = {
 }
 
 
+# each label's setting and how it was chosen (only MetaLR's η was tuned, on validation: `grid`, `choose`)
+SETTINGS = {
+    "full": "lr 1e-3, cosine (default)",
+    "discriminative": "body 1e-4, head 1e-3, cosine (MetaLR's start)",
+    "discriminative_constant": "body 1e-4, head 1e-3, constant (MetaLR's start)",
+    "metalr_heldout": "η 0.1 tuned; start body 1e-4, head 1e-3",
+    "metalr_train": "η 0.1 tuned; start body 1e-4, head 1e-3",
+    "metalr_train_next": "η 0.1 tuned; start body 1e-4, head 1e-3",
+    "metalr_scale1": "η 0.1 tuned; start 1e-3 everywhere",
+    "metalr_normalized": "η 0.05 (default); start body 1e-4, head 1e-3",
+    "metalr_published": "published: Adam + L2 1e-4, lr 0.01, body 1e-3, η 0.1",
+}
+
+
 def data_root() -> Path:
     return Path(os.environ.get("MEDTRANSFER_DATA", "../shared/data")).resolve()
 
@@ -183,10 +197,10 @@ def report(args: argparse.Namespace) -> None:
             for m in ("accuracy", "auc")
         }  # noqa: E501
         header = (
-            "| strategy | n | test ACC | test AUC | ΔACC vs full [95 % CI] | ΔAUC vs full [95 % CI] "
+            "| strategy | setting | n | test ACC | test AUC | ΔACC vs full [95 % CI] | ΔAUC vs full [95 % CI] "
             "| wall min/run, median [range] | flags |"
         )
-        lines = [header, "|---|---|---|---|---|---|---|---|"]
+        lines = [header, "|---|---|---|---|---|---|---|---|---|"]
         by_label: dict[str, list[dict]] = {}
         for row in rows:
             by_label.setdefault(row["label"], []).append(row)
@@ -206,7 +220,7 @@ def report(args: argparse.Namespace) -> None:
             ]
             flags = "; ".join(sorted({r["flags"] for r in members if r["flags"]}))
             lines.append(
-                f"| {label} | {len(members)} | {ms('accuracy')} | {ms('auc')} | {delta[0]} | {delta[1]} | "
+                f"| {label} | {SETTINGS.get(label, '')} | {len(members)} | {ms('accuracy')} | {ms('auc')} | {delta[0]} | {delta[1]} | "
                 f"{wall()} | {flags} |"
             )
         out.append("\n".join(lines) + "\n")
